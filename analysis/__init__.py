@@ -1,0 +1,1 @@
+"""Offline analysis of organism-network run records (HDF5)."""

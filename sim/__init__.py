@@ -1,0 +1,1 @@
+"""organism-networks: the simulation core (particles, organism, Mesa model, record, CLI)."""

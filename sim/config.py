@@ -1,0 +1,274 @@
+"""One typed, validated run configuration (dataclasses), loaded from YAML/TOML and `section.key=value` overrides.
+
+Keys that default to `None` take a value that depends on the task or mode (e.g. the arithmetic organism is 2-3-3-1
+with h=3 and batch 50, MNIST is 225-5-5-10 with h=5 and batch 2000); `resolve()` fills them in, and the resolved
+config is what a run records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("organism", "soup")
+TASKS = ("mnist", "arithmetic")
+DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+ACTIVATION_NAMES = ("none", "tanh", "relu", "sigmoid", "leaky_relu")
+NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
+TRAIN_ORDERS = ("sr_first", "task_first")
+SR_OPTIMIZERS = ("fresh", "persistent", "shared")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and the value."""
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass
+class OrganismConfig:
+    """Shape of the organism: `depth` layers of particles, hidden `width` (input/output sizes come from the task)."""
+
+    width: int | None = _f(None, lo=1)
+    depth: int = _f(3, lo=1)
+    residual: bool = _f(False)
+    activation: str = _f("none", choices=ACTIVATION_NAMES)
+
+
+@dataclass
+class ParticleConfig:
+    """Shape of every particle: k = `weight_interface` inputs, `hidden` units, optional activation."""
+
+    weight_interface: int = _f(5, lo=4)
+    hidden: int | None = _f(None, lo=1)
+    activation: str = _f("none", choices=ACTIVATION_NAMES)
+
+
+@dataclass
+class TaskConfig:
+    """The organism's task; `data_dir` points at the four MNIST IDX files (default: the embedded 5,000 samples)."""
+
+    name: str = _f("mnist", choices=TASKS)
+    batch_size: int | None = _f(None, lo=1)
+    data_dir: str | None = _f(None)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and the self-replication schedule (DESIGN 1.4)."""
+
+    lr: float = _f(0.004, lo=0.0)
+    momentum: float = _f(0.9, lo=0.0, hi=1.0)
+    n_sr: int = _f(10, lo=0)
+    alpha: float = _f(1.0, lo=0.0)
+    # self-training starts once the running train metric reaches this (accuracy >= t, MAE <= t); 0: from the start
+    task_first_threshold: float | None = _f(None, lo=0.0)
+    order: str = _f("sr_first", choices=TRAIN_ORDERS)
+    # fresh: SR optimiser re-created every step (the reference); persistent: its own, kept; shared: the task's
+    sr_optimizer: str = _f("fresh", choices=SR_OPTIMIZERS)
+
+
+@dataclass
+class EventsConfig:
+    """Per-step, per-particle probabilities of the population events (DESIGN 1.6); None: 0 for organisms, on in soups."""
+
+    attack: float | None = _f(None, lo=0.0, hi=1.0)
+    melt: float | None = _f(None, lo=0.0, hi=1.0)
+    replicate: float | None = _f(None, lo=0.0, hi=1.0)
+    respawn: float | None = _f(None, lo=0.0, hi=1.0)
+    noise: float | None = _f(None, lo=0.0, hi=1.0)
+    mutation_sigma: float = _f(0.01, lo=0.0)
+    noise_sigma: float = _f(0.01, lo=0.0)
+    neighbourhood: str = _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)
+
+
+@dataclass
+class SoupConfig:
+    """A soup: `size` free particles on a random `degree`-regular graph."""
+
+    size: int = _f(1000, lo=2)
+    degree: int = _f(4, lo=1)
+
+
+@dataclass
+class RecordConfig:
+    """What is written to the HDF5 record, and how often (in steps)."""
+
+    log_every: int = _f(10, lo=1)
+    snapshot_every: int = _f(500, lo=1)
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    mode: str = _f("organism", choices=MODES)
+    steps: int = _f(10000, lo=0)
+    seed: int = _f(0, lo=0)
+    device: str = _f("auto", choices=DEVICES)
+    dtype: str = _f("float32", choices=DTYPES)
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+    particle: ParticleConfig = field(default_factory=ParticleConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)}
+
+# Task-dependent defaults: the paper's MNIST organism and arithmetic organism.
+TASK_DEFAULTS = {
+    "mnist": {"organism.width": 5, "particle.hidden": 5, "task.batch_size": 2000, "train.task_first_threshold": 0.85},
+    "arithmetic": {"organism.width": 3, "particle.hidden": 3, "task.batch_size": 50, "train.task_first_threshold": 0.0},
+}
+EVENT_RATES = ("attack", "melt", "replicate", "respawn", "noise")
+SOUP_EVENT_DEFAULTS = {"attack": 0.01, "melt": 0.01, "replicate": 0.02, "respawn": 1.0, "noise": 0.0}
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        f.type = hints[f.name]
+        out[f.name] = f
+    return out
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check `value` against the field's type and range; return it as that type."""
+    allowed = typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} must not be empty")
+    base = next(t for t in allowed if t is not type(None))
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if value != value:
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+    elif base is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise ConfigError(f"{key} must be >= {meta['lo']}, got {value!r}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise ConfigError(f"{key} must be <= {meta['hi']}, got {value!r}")
+    return value
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set `section.key` (or a top-level key) to `value`, validated; raises ConfigError naming the key."""
+    parts = key.split(".")
+    target: Any = config
+    if len(parts) == 2 and parts[0] in SECTIONS:
+        target = getattr(config, parts[0])
+    elif len(parts) != 1 or parts[0] in SECTIONS:
+        raise ConfigError(f"unknown config key {key!r}")
+    fields = _fields(type(target))
+    if parts[-1] not in fields:
+        raise ConfigError(f"unknown config key {key!r}")
+    setattr(target, parts[-1], _coerce(key, value, fields[parts[-1]]))
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML scalars (`3`, `0.5`, `true`, `none`), anything else as a string."""
+    if text.strip().lower() in ("none", "null", "~", ""):
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config") -> None:
+    """Apply a nested mapping `{section: {key: value}, key: value}` as read from a config file."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source} must be a mapping of config keys, got {type(mapping).__name__}")
+    for name, value in mapping.items():
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {value!r}")
+            for key, inner in value.items():
+                set_value(config, f"{name}.{key}", inner)
+        else:
+            set_value(config, str(name), value)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a mapping; ConfigError if unreadable or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"malformed config file {str(path)!r}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of config keys")
+    return data
+
+
+def resolve(config: Config) -> Config:
+    """Fill the task- and mode-dependent defaults (keys left at None) and check cross-key constraints; in place."""
+    for key, value in TASK_DEFAULTS[config.task.name].items():
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) is None:
+            setattr(getattr(config, section), name, value)
+    for rate in EVENT_RATES:
+        if getattr(config.events, rate) is None:
+            setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
+    soup = config.soup
+    if config.mode == "soup" and (soup.degree >= soup.size or (soup.size * soup.degree) % 2):
+        raise ConfigError(f"soup.degree must be < soup.size with size*degree even, got size={soup.size} degree={soup.degree}")
+    return config
+
+
+def build_config(file: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> Config:
+    """Defaults, then a config file, then `(key, value)` overrides in order; resolved and validated."""
+    config = Config()
+    if file is not None:
+        apply_mapping(config, load_file(file), source=str(file))
+    for key, value in overrides or []:
+        set_value(config, key, value)
+    return resolve(config)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A Config from its `to_dict()` form (as stored in a record); validated."""
+    config = Config()
+    apply_mapping(config, data)
+    return resolve(config)

@@ -1,0 +1,90 @@
+"""The organism forward: a layered network whose every connection is a particle of the bank (DESIGN 1.3).
+
+Neuron o of layer l+1 sums `p_{o,i}(x_i)` over its incoming particles, where a particle carries x by evaluating itself
+on the row `(0, ..., 0, x)`. Linear particles reduce to `a * x` with `a` the effective weight, so the fast path is one
+batched product for all `a` followed by ordinary matmuls; the general path evaluates every particle on every value.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
+
+
+class Organism:
+    """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
+
+    def __init__(
+        self, sizes: list[int], spec: ParticleSpec, residual: bool = False, activation: str = "none"
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.sizes = list(sizes)
+        self.spec = spec
+        self.residual = residual
+        self.activation = activation
+        counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]
+        self.offsets = [0, *itertools.accumulate(counts)]  # particle id range of layer l: offsets[l]:offsets[l+1]
+
+    @property
+    def n_particles(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    def layer_slice(self, layer: int) -> slice:
+        return slice(self.offsets[layer], self.offsets[layer + 1])
+
+    def forward(
+        self, weights: torch.Tensor, x: torch.Tensor, path: str = "auto", layer_inputs: list | None = None
+    ) -> torch.Tensor:
+        """Organism output `[B, d_out]` for inputs `x [B, d_in]` through the bank `weights [P, n]`.
+
+        `path` is "fast" (effective weights; linear particles only), "general" or "auto". If `layer_inputs` is a list,
+        the input `[B, n_in]` of every layer is appended to it (for task-contribution measurements).
+        """
+        if path == "auto":
+            path = "fast" if self.spec.linear else "general"
+        if path == "fast" and not self.spec.linear:
+            raise ValueError("the fast path needs linear particles (particle.activation = 'none')")
+        effective = effective_weights(weights, self.spec) if path == "fast" else None  # [P]
+        act = ACTIVATIONS[self.activation]
+        skip = None
+        for layer in range(self.depth):
+            if layer_inputs is not None:
+                layer_inputs.append(x)
+            middle = 0 < layer < self.depth - 1
+            # the reference adds a skip around every pair of middle layers
+            if self.residual and middle and (layer - 1) % 2 == 0 and layer + 1 < self.depth - 1:
+                skip = x
+            n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
+            part = self.layer_slice(layer)
+            if path == "fast":
+                x = x @ effective[part].view(n_out, n_in).T
+            else:
+                x = self._general_layer(weights[part], x, n_in, n_out)
+            if skip is not None and (layer - 1) % 2 == 1:
+                x = x + skip
+                skip = None
+            if act is not None and layer < self.depth - 1:
+                x = act(x)
+        return x
+
+    def _general_layer(self, weights: torch.Tensor, x: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+        """Every particle of one layer evaluated on every batch value of its source neuron, then summed per target."""
+        W1, W2, W3 = unpack(weights, self.spec)
+        act = ACTIVATIONS[self.spec.activation]
+        source = x.T.repeat(n_out, 1).unsqueeze(-1)  # [P_l, B, 1]: particle (o, i) reads x[:, i]
+        hidden = source * W1[:, :, -1].unsqueeze(1)  # [P_l, B, h]: only the last input slot is non-zero
+        if act is not None:
+            hidden = act(hidden)
+        hidden = hidden @ W2.transpose(1, 2)
+        if act is not None:
+            hidden = act(hidden)
+        carried = (hidden @ W3.transpose(1, 2)).squeeze(-1)  # [P_l, B]
+        return carried.view(n_out, n_in, -1).sum(dim=1).T  # [B, n_out]

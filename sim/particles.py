@@ -1,0 +1,182 @@
+"""The particle bank: P tiny self-replicating MLPs stored as one weight tensor `[P, n]`.
+
+A particle is `p: R^k -> R` with layers `Linear(k, h)`, `Linear(h, h)`, `Linear(h, 1)`, no biases (DESIGN 1.1).
+Its n = k*h + h*h + h weights are stored row-major per layer, W1 then W2 then W3. Every function here is batched
+over the P particles of a bank; nothing loops over particles.
+
+With no activation a particle is linear, `p(x) = v . x` with `v = W3 W2 W1` (a k-vector), and everything has a closed
+form: the effective weight is `v[k-1]` and the self-application of weight j is `w_j v0 + pos_j . v[1:4]`. Those closed
+forms are the fast path; the general path evaluates the MLP and serves nonlinear particles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
+DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
+KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
+POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
+
+ACTIVATIONS = {
+    "none": None,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "leaky_relu": torch.nn.functional.leaky_relu,
+}
+
+
+@dataclass(frozen=True)
+class ParticleSpec:
+    """Shape of one particle: `weight_interface` k inputs, `hidden` h units, an optional activation."""
+
+    weight_interface: int = 5
+    hidden: int = 5
+    activation: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.weight_interface < 4:
+            raise ValueError(f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}")
+        if self.hidden < 1:
+            raise ValueError(f"particle.hidden must be >= 1, got {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"particle.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def n_weights(self) -> int:
+        k, h = self.weight_interface, self.hidden
+        return k * h + h * h + h
+
+    @property
+    def linear(self) -> bool:
+        return self.activation == "none"
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(out, in) of the particle's three layers."""
+        k, h = self.weight_interface, self.hidden
+        return ((h, k), (h, h), (1, h))
+
+
+def unpack(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views W1 `[P, h, k]`, W2 `[P, h, h]`, W3 `[P, 1, h]` of a bank `[P, n]`."""
+    k, h = spec.weight_interface, spec.hidden
+    P = weights.shape[0]
+    W1 = weights[:, : k * h].view(P, h, k)
+    W2 = weights[:, k * h : k * h + h * h].view(P, h, h)
+    W3 = weights[:, k * h + h * h :].view(P, 1, h)
+    return W1, W2, W3
+
+
+@cache
+def _positions_cpu(spec: ParticleSpec) -> torch.Tensor:
+    rows = []
+    for layer, (n_out, n_in) in enumerate(spec.layer_shapes):
+        for row in range(n_out):
+            for col in range(n_in):
+                rows.append((layer, row, col))
+    pos = torch.tensor(rows, dtype=torch.float64)  # [n, 3]
+    return pos / (pos.max(dim=0).values + POSITION_EPS)
+
+
+def positions(spec: ParticleSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised (layer, row, col) of every weight, `[n, 3]`, the same for every particle."""
+    return _positions_cpu(spec).to(device=device, dtype=dtype)
+
+
+def init_weights(
+    n_particles: int,
+    spec: ParticleSpec,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Xavier-uniform weights for a bank of `n_particles`, `[P, n]`."""
+    bounds = []
+    for n_out, n_in in spec.layer_shapes:
+        bounds.append(torch.full((n_out * n_in,), (6.0 / (n_in + n_out)) ** 0.5, dtype=dtype))
+    bound = torch.cat(bounds).to(device)  # [n]
+    u = torch.rand(n_particles, spec.n_weights, generator=generator, device=device, dtype=dtype)
+    return (2.0 * u - 1.0) * bound
+
+
+def coordinates(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """Coordinate rows `c_j = (w_j, layer, row, col, 0, ...)` of every weight, `[P, n, k]` (DESIGN 1.1)."""
+    P, n = weights.shape
+    pos = positions(spec, weights.device, weights.dtype).expand(P, n, 3)
+    pad = weights.new_zeros(P, n, spec.weight_interface - 4)
+    return torch.cat([weights.unsqueeze(-1), pos, pad], dim=-1)
+
+
+def apply(weights: torch.Tensor, x: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """Evaluate every particle on its own rows: weights `[P, n]`, x `[P, m, k]` -> `[P, m]` (general path)."""
+    W1, W2, W3 = unpack(weights, spec)
+    act = ACTIVATIONS[spec.activation]
+    hidden = x @ W1.transpose(1, 2)  # [P, m, h]
+    if act is not None:
+        hidden = act(hidden)
+    hidden = hidden @ W2.transpose(1, 2)
+    if act is not None:
+        hidden = act(hidden)
+    return (hidden @ W3.transpose(1, 2)).squeeze(-1)
+
+
+def linear_vector(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """`v = W3 W2 W1` of linear particles, `[P, k]`: a linear particle computes `p(x) = v . x`."""
+    W1, W2, W3 = unpack(weights, spec)
+    return ((W3 @ W2) @ W1).squeeze(1)
+
+
+def self_apply(weights: torch.Tensor, spec: ParticleSpec, evaluator: torch.Tensor | None = None) -> torch.Tensor:
+    """`w'_j = p(c_j)` for every weight, `[P, n]`. `evaluator` (a bank of the same shape) evaluates instead of the
+    particles themselves, for attacks and second-order fixpoints; by default each particle applies itself."""
+    evaluator = weights if evaluator is None else evaluator
+    if spec.linear:
+        v = linear_vector(evaluator, spec)  # [P, k]
+        pos = positions(spec, weights.device, weights.dtype)  # [n, 3]
+        return weights * v[:, :1] + v[:, 1:4] @ pos.T
+    return apply(evaluator, coordinates(weights, spec), spec)
+
+
+def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """Per-particle self-replication loss `mean_j (p(c_j) - w_j)^2`, `[P]`.
+
+    Inputs and targets come from the detached weights, so the gradient flows only through the evaluation (DESIGN 1.1).
+    """
+    target = weights.detach()
+    out = self_apply(target, spec, evaluator=weights)
+    return (out - target).pow(2).mean(dim=1)
+
+
+def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (DESIGN 1.3).
+
+    For nonlinear particles this is the response to a unit input, a summary rather than an exact factor.
+    """
+    if spec.linear:
+        return linear_vector(weights, spec)[:, -1]
+    unit = weights.new_zeros(weights.shape[0], 1, spec.weight_interface)
+    unit[..., -1] = 1.0
+    return apply(weights, unit, spec).squeeze(1)
+
+
+@torch.no_grad()
+def classify(weights: torch.Tensor, spec: ParticleSpec, eps: float = KIND_EPS) -> torch.Tensor:
+    """Kind code of every particle, int8 `[P]`, first match wins in the order of `KIND_NAMES` (DESIGN 1.2)."""
+    finite = torch.isfinite(weights).all(dim=1)
+    safe = torch.where(finite.unsqueeze(1), weights, torch.zeros_like(weights))
+    zero = (safe.abs() < eps).all(dim=1)
+    once = self_apply(safe, spec)  # [P, n]
+    replicator = ((once - safe).abs() < eps).all(dim=1)
+    twice = self_apply(torch.nan_to_num(once, nan=0.0, posinf=0.0, neginf=0.0), spec, evaluator=safe)
+    replicator_2nd = torch.isfinite(once).all(dim=1) & ((twice - safe).abs() < eps).all(dim=1)
+    kind = torch.full_like(finite, OTHER, dtype=torch.int8)
+    kind[replicator_2nd] = SELF_REPLICATOR_2ND
+    kind[replicator] = SELF_REPLICATOR
+    kind[zero] = ZERO
+    kind[~finite] = DIVERGENT
+    return kind

@@ -1,0 +1,98 @@
+"""Topologies as networkx graphs: the organism's neuron DiGraph, the particle graph over it, and soup graphs.
+
+The organism is a DiGraph of neurons `(layer, index)`; every edge `(l, i) -> (l + 1, o)` carries one particle id
+(DESIGN 1.7). Particle ids run layer by layer and, inside a layer, row-major over `[out, in]`, so that a layer's
+effective weights reshape directly into its `[out, in]` weight matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+
+NEIGHBOURHOODS = ("shared_neuron", "same_target", "same_layer")
+
+
+def layer_sizes(d_in: int, width: int, depth: int, d_out: int) -> list[int]:
+    """Neuron counts of an organism with `depth` layers of particles: `[d_in, width, ..., width, d_out]`."""
+    if min(d_in, width, d_out) < 1 or depth < 1:
+        raise ValueError(f"organism sizes must be positive, got d_in={d_in} width={width} depth={depth} d_out={d_out}")
+    return [d_in] + [width] * (depth - 1) + [d_out]
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """Where each particle sits: its layer and the neuron indices it connects, arrays of length P."""
+
+    layer: np.ndarray
+    source: np.ndarray
+    target: np.ndarray
+
+    @property
+    def n_particles(self) -> int:
+        return len(self.layer)
+
+
+def particle_table(sizes: list[int]) -> ParticleTable:
+    """Layer, source neuron and target neuron of every particle, in particle-id order."""
+    layer, source, target = [], [], []
+    for l, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        out_idx, in_idx = np.meshgrid(np.arange(n_out), np.arange(n_in), indexing="ij")
+        layer.append(np.full(n_in * n_out, l))
+        source.append(in_idx.ravel())
+        target.append(out_idx.ravel())
+    return ParticleTable(np.concatenate(layer), np.concatenate(source), np.concatenate(target))
+
+
+def organism_graph(sizes: list[int]) -> nx.DiGraph:
+    """DiGraph of neurons `(layer, index)`; edge attribute `particle` is the particle id carried by that connection."""
+    graph = nx.DiGraph()
+    for l, n in enumerate(sizes):
+        graph.add_nodes_from(((l, i) for i in range(n)), layer=l)
+    table = particle_table(sizes)
+    graph.add_edges_from(
+        ((l, s), (l + 1, t), {"particle": p})
+        for p, (l, s, t) in enumerate(zip(table.layer.tolist(), table.source.tolist(), table.target.tolist()))
+    )
+    return graph
+
+
+def particle_graph(neurons: nx.DiGraph, neighbourhood: str = "shared_neuron") -> nx.Graph:
+    """Undirected graph over particle ids: particles are neighbours when they share a neuron (the line graph of the
+    neuron graph), share their target neuron (`same_target`), or sit in the same layer (`same_layer`)."""
+    if neighbourhood not in NEIGHBOURHOODS:
+        raise ValueError(f"events.neighbourhood must be one of {NEIGHBOURHOODS} for organisms, got {neighbourhood!r}")
+    groups: dict[object, list[int]] = {}
+    for u, v, p in neurons.edges(data="particle"):
+        if neighbourhood == "shared_neuron":
+            keys = (u, v)
+        elif neighbourhood == "same_target":
+            keys = (v,)
+        else:
+            keys = (u[0],)
+        for key in keys:
+            groups.setdefault(key, []).append(p)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(neurons.number_of_edges()))
+    for members in groups.values():
+        graph.add_edges_from(itertools.combinations(members, 2))
+    return graph
+
+
+def soup_graph(size: int, degree: int, seed: int) -> nx.Graph:
+    """Random `degree`-regular graph over `size` free particles (the soup's neighbourhood)."""
+    if degree >= size or (size * degree) % 2:
+        raise ValueError(f"soup needs degree < size and size*degree even, got size={size} degree={degree}")
+    return nx.random_regular_graph(degree, size, seed=seed)
+
+
+def neighbour_csr(graph: nx.Graph, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjacency of a particle graph as CSR `(indptr [P + 1], indices [2E])` int64 tensors, for vectorised draws."""
+    matrix = nx.to_scipy_sparse_array(graph, nodelist=range(graph.number_of_nodes()), format="csr")
+    indptr = torch.as_tensor(matrix.indptr.astype(np.int64), device=device)
+    indices = torch.as_tensor(matrix.indices.astype(np.int64), device=device)
+    return indptr, indices
