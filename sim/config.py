@@ -81,7 +81,7 @@ class TrainConfig:
 
 @dataclass
 class EventsConfig:
-    """Per-step, per-particle probabilities of the population events (DESIGN 1.6); None: 0 for organisms, on in soups."""
+    """Per-step, per-particle event probabilities (DESIGN 1.6); None: 0 for organisms, on in soups."""
 
     attack: float | None = _f(None, lo=0.0, hi=1.0)
     melt: float | None = _f(None, lo=0.0, hi=1.0)
@@ -253,7 +253,9 @@ def resolve(config: Config) -> Config:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
     soup = config.soup
     if config.mode == "soup" and (soup.degree >= soup.size or (soup.size * soup.degree) % 2):
-        raise ConfigError(f"soup.degree must be < soup.size with size*degree even, got size={soup.size} degree={soup.degree}")
+        raise ConfigError(
+            f"soup.degree must be < soup.size with size*degree even, got size={soup.size} degree={soup.degree}"
+        )
     return config
 
 

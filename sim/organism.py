@@ -17,9 +17,7 @@ from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
 class Organism:
     """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
 
-    def __init__(
-        self, sizes: list[int], spec: ParticleSpec, residual: bool = False, activation: str = "none"
-    ) -> None:
+    def __init__(self, sizes: list[int], spec: ParticleSpec, residual: bool = False, activation: str = "none") -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.sizes = list(sizes)

@@ -1,0 +1,297 @@
+"""The Mesa models: `ParticleModel` (what organisms and soups share) and `OrganismModel`.
+
+One call of `step()` is one simulation step (DESIGN 1.4): `n_sr` self-replication SGD steps over the whole bank and a
+task SGD step (in the configured order), then population events, then classification and logging at their intervals.
+All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot path is
+batched tensor work with no Python loop over particles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mesa
+import networkx as nx
+import numpy as np
+import torch
+from mesa.discrete_space import Network
+
+from sim.agents import ParticleAgent
+from sim.config import Config
+from sim.events import EVENT_NAMES, population_events
+from sim.organism import Organism
+from sim.particles import KIND_NAMES, ParticleSpec, classify, effective_weights, init_weights, sr_loss
+from sim.record import (
+    CHECKPOINT_NAME,
+    RECORD_NAME,
+    RecordWriter,
+    git_commit,
+    load_checkpoint,
+    package_versions,
+    save_checkpoint,
+)
+from sim.tasks import make_task
+from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+class ParticleModel(mesa.Model):
+    """A population of particles on a graph: the bank, self-training, population events, classification and record.
+
+    `run_dir` given: the model writes `run.h5` and checkpoints there; `resume=True` continues from its checkpoint.
+    """
+
+    mode = "particles"
+
+    def __init__(
+        self, config: Config, graph: nx.Graph, run_dir: str | Path | None = None, resume: bool = False
+    ) -> None:
+        super().__init__(seed=config.seed)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        p = config.particle
+        self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        self.graph = graph
+        n_particles = graph.number_of_nodes()
+        self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
+        self.weights.requires_grad_(True)
+        self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
+        self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
+        self.indptr, self.indices = neighbour_csr(graph, self.device)
+        self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
+        self.sr_active = self._gate_threshold() == 0
+        self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._metric_count = 0
+        self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
+
+        self.grid = Network(graph, capacity=1, random=self.random)
+        for index in range(n_particles):
+            ParticleAgent(self, index, self.grid[index])
+
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.record: RecordWriter | None = None
+        if self.run_dir is not None:
+            rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
+            self.record = RecordWriter(
+                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.spec.n_weights,
+                self._topology(), resume_rows=rows,
+            )  # fmt: skip
+
+    @property
+    def n_particles(self) -> int:
+        return self.weights.shape[0]
+
+    # --- what subclasses provide -------------------------------------------------------------------------------------
+    def _gate_threshold(self) -> float:
+        return 0.0
+
+    def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task SGD step; returns (task loss, train metric) as 0-d device tensors."""
+        nan = torch.full((), float("nan"), device=self.device)
+        return nan, nan
+
+    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
+        """The task metric on held-out data (NaN without a task)."""
+        return float("nan")
+
+    def _topology(self) -> dict[str, np.ndarray]:
+        n = self.n_particles
+        edges = np.array(self.graph.edges(), dtype=np.int64).reshape(-1, 2)
+        return {"layer": np.full(n, -1), "source": np.full(n, -1), "target": np.full(n, -1), "edges": edges}
+
+    def _extra_attrs(self) -> dict[str, Any]:
+        return {"task": "none", "metric_name": "none", "layer_sizes": "[]"}
+
+    # --- one simulation step -----------------------------------------------------------------------------------------
+    def _sgd(self, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float) -> None:
+        """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
+        with torch.no_grad():
+            momentum_buffer.mul_(self.config.train.momentum).add_(grad)
+            self.weights.add_(momentum_buffer, alpha=-lr)
+
+    def _self_train(self) -> torch.Tensor:
+        """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
+        train = self.config.train
+        if not self.sr_active or train.n_sr == 0:
+            with torch.no_grad():
+                return sr_loss(self.weights.detach(), self.spec).mean()
+        buffer = self.task_momentum if train.sr_optimizer == "shared" else self.sr_momentum
+        if train.sr_optimizer == "fresh":
+            buffer.zero_()  # the reference re-creates its SR optimiser every batch
+        first = None
+        for _ in range(train.n_sr):
+            loss = sr_loss(self.weights, self.spec)  # [P]
+            (grad,) = torch.autograd.grad(loss.sum() * train.alpha, self.weights)
+            self._sgd(grad, buffer, train.lr)
+            if first is None:
+                first = loss.detach().mean()
+        return first
+
+    def step(self) -> None:
+        """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
+        started = time.perf_counter()
+        step = self.steps
+        if self.config.train.order == "sr_first":
+            mean_sr = self._self_train()
+            task_loss, metric = self._task_step()
+        else:
+            task_loss, metric = self._task_step()
+            mean_sr = self._self_train()
+        self._metric_sum += metric.detach().double()
+        self._metric_count += 1
+        events = population_events(
+            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
+            mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
+        )  # fmt: skip
+        if self.record is not None:
+            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
+                                 time.perf_counter() - started)  # fmt: skip
+            self.record.add_events(step, events)
+        last = step >= self.config.steps
+        if step % self.config.record.log_every == 0 or last:
+            self._log(step)
+        if step % self.config.record.snapshot_every == 0 or last:
+            self._snapshot(step)
+        if last:
+            self.running = False
+
+    def _log(self, step: int) -> None:
+        """Classify, log per-particle state, update the train-task-first gate, flush the record."""
+        with torch.no_grad():
+            weights = self.weights.detach()
+            kind = classify(weights, self.spec)  # [P]
+            losses = sr_loss(weights, self.spec)  # [P]
+            effective = effective_weights(weights, self.spec)  # [P]
+        held_out = self.held_out_metric()
+        running = float(self._metric_sum) / max(self._metric_count, 1)
+        self._metric_sum.zero_()
+        self._metric_count = 0
+        if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
+            self.sr_active = True
+        counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
+        self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
+                        "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
+                        "sr_active": self.sr_active}  # fmt: skip
+        if self.record is not None:
+            self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
+            self.record.flush()
+
+    def _snapshot(self, step: int) -> None:
+        """Write the bank to the record and save a checkpoint (after the record, so it never points past it)."""
+        if self.record is None:
+            return
+        self.record.flush()
+        self.record.add_snapshot(step, self.weights)
+        self.record.flush()
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+
+    # --- checkpoints -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-identically."""
+        return {
+            "step": self.steps,
+            "config": self.config.to_dict(),
+            "weights": self.weights.detach().cpu().clone(),
+            "task_momentum": self.task_momentum.cpu().clone(),
+            "sr_momentum": self.sr_momentum.cpu().clone(),
+            "generator": self.generator.get_state(),
+            "python_random": self.random.getstate(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "sr_active": self.sr_active,
+            "metric_sum": float(self._metric_sum),
+            "metric_count": self._metric_count,
+            "record_rows": self.record.rows() if self.record is not None else {},
+        }
+
+    def _load(self, path: Path) -> dict[str, int]:
+        state = load_checkpoint(path)
+        with torch.no_grad():
+            self.weights.copy_(state["weights"].to(self.device, self.dtype))
+        self.task_momentum.copy_(state["task_momentum"].to(self.device, self.dtype))
+        self.sr_momentum.copy_(state["sr_momentum"].to(self.device, self.dtype))
+        self.generator.set_state(state["generator"])
+        self.random.setstate(state["python_random"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.sr_active = state["sr_active"]
+        self._metric_sum.fill_(state["metric_sum"])
+        self._metric_count = state["metric_count"]
+        self.steps = state["step"]
+        return state["record_rows"]
+
+    def _record_attrs(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "seed": self.config.seed,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "kind_names": list(KIND_NAMES),
+            "event_names": list(EVENT_NAMES),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": self.mode,
+            "device": str(self.device),
+            "checkpoint": CHECKPOINT_NAME,
+            **self._extra_attrs(),
+        }
+
+    def close(self) -> None:
+        """Flush and close the record."""
+        if self.record is not None:
+            self.record.close()
+
+
+class OrganismModel(ParticleModel):
+    """An organism network on a task: every connection weight is a particle (DESIGN 1.3)."""
+
+    mode = "organism"
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False) -> None:
+        dtype = DTYPES[config.dtype]
+        device = resolve_device(config.device)
+        self.task = make_task(config.task.name, config.seed, device, dtype, config.task.data_dir)
+        o, p = config.organism, config.particle
+        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
+        self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,
+                                 o.activation)  # fmt: skip
+        self.neurons = organism_graph(self.sizes)
+        super().__init__(config, particle_graph(self.neurons, config.events.neighbourhood), run_dir, resume)
+
+    def _gate_threshold(self) -> float:
+        return self.config.train.task_first_threshold
+
+    def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
+        output = self.organism.forward(self.weights, x)
+        loss = self.task.loss(output, y)
+        (grad,) = torch.autograd.grad(loss, self.weights)
+        self._sgd(grad, self.task_momentum, self.config.train.lr)
+        return loss.detach(), self.task.metric(output.detach(), y)
+
+    @torch.no_grad()
+    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
+        weights = self.weights.detach() if weights is None else weights
+        return float(self.task.metric(self.organism.forward(weights, self.task.test_x), self.task.test_y))
+
+    def _topology(self) -> dict[str, np.ndarray]:
+        table = particle_table(self.sizes)
+        topology = super()._topology()
+        topology.update(layer=table.layer, source=table.source, target=table.target)
+        return topology
+
+    def _extra_attrs(self) -> dict[str, Any]:
+        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes)}

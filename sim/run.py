@@ -1,0 +1,204 @@
+"""`python -m sim.run`: run one simulation and write its record (`run.h5`), config and checkpoint to a run directory.
+
+Bad input ends with a one-line error on stderr and exit status 2, before anything is written or overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from sim.config import MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value
+from sim.model import OrganismModel, ParticleModel, resolve_device
+from sim.particles import KIND_NAMES
+from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, RecordError, load_checkpoint
+from sim.soup import SoupModel
+from sim.tasks import DataError
+
+SHORT_KINDS = {
+    "divergent": "div",
+    "zero": "zero",
+    "self_replicator": "SR",
+    "self_replicator_2nd": "SR2",
+    "other": "other",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--steps must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
+    p.add_argument("--config", help="YAML or TOML config file")
+    p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
+    p.add_argument("--task", choices=TASKS, help="mnist (default) or arithmetic")
+    p.add_argument("--steps", type=_steps, help="number of simulation steps (default 10000)")
+    p.add_argument("--seed", type=_seed, help="random seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto picks a GPU when present")
+    p.add_argument("--out", help="run directory (default runs/<timestamp>-<task>-s<seed>/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then --config, then the flags, then --set, in that order."""
+    overrides = [
+        (key, getattr(args, key)) for key in ("mode", "steps", "seed", "device") if getattr(args, key) is not None
+    ]
+    if args.task is not None:
+        overrides.append(("task.name", args.task))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides.append((key.strip(), parse_value(value)))
+    return build_config(args.config, overrides)
+
+
+def default_run_dir(config: Config) -> Path:
+    name = config.task.name if config.mode == "organism" else "soup"
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-s{config.seed}"
+
+
+def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
+    """Validated config and the run directory (checked, not yet written); whether the directory was created."""
+    config = config_from_args(args)
+    resolve_device(config.device)
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {str(run_dir)!r} is an existing file, not a directory")
+    if (run_dir / RECORD_NAME).exists():
+        raise UsageError(f"--out {str(run_dir)!r} already holds a run record (use --resume to continue it)")
+    created = not run_dir.exists()
+    return config, run_dir, created
+
+
+def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The recorded config of the run to resume, and its directory."""
+    extra = [flag for flag in ("config", "mode", "task", "steps", "seed", "out") if getattr(args, flag) is not None]
+    if extra or args.set:
+        names = ", ".join([f"--{f}" for f in extra] + (["--set"] if args.set else []))
+        raise UsageError(f"--resume continues a run with its recorded config; it cannot be combined with {names}")
+    run_dir = Path(args.resume)
+    if not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / RECORD_NAME).is_file():
+        raise UsageError(f"--resume {str(run_dir)!r} holds no checkpoint and record to resume from")
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    config = from_dict(state["config"])
+    if args.device is not None:
+        config.device = args.device
+    resolve_device(config.device)
+    return config, run_dir
+
+
+def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
+    model_class = OrganismModel if config.mode == "organism" else SoupModel
+    return model_class(config, run_dir=run_dir, resume=resume)
+
+
+def _postfix(model: ParticleModel) -> dict[str, str]:
+    s = model.summary
+    if not s:
+        return {}
+    out = {}
+    if model.mode == "organism":
+        out["held_out"] = f"{s['held_out_metric']:.4g}"
+    out["sr_loss"] = f"{s['sr_loss']:.2e}"
+    out["kinds"] = " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v)
+    return out
+
+
+def simulate(model: ParticleModel, quiet: bool) -> float:
+    """Step the model to the end of its config, with a progress bar on a terminal; returns the wall time."""
+    total = model.config.steps
+    started = time.perf_counter()
+    show = not quiet and sys.stdout.isatty()
+    with tqdm(total=total, initial=model.steps, disable=not show, unit="step", dynamic_ncols=True) as bar:
+        while model.steps < total:
+            model.step()
+            bar.update(1)
+            if model.steps % model.config.record.log_every == 0:
+                bar.set_postfix(_postfix(model), refresh=False)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        created = False
+        if args.resume:
+            config, run_dir = prepare_resume(args)
+            state_step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
+            if state_step >= config.steps:
+                print(f"run {run_dir} is already complete ({state_step} steps)")
+                return 0
+        else:
+            config, run_dir, created = prepare_new_run(args)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            model = build_model(config, run_dir, resume=bool(args.resume))
+        except BaseException:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
+        print(f"sim.run: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.resume:
+        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    try:
+        elapsed = simulate(model, args.quiet)
+    except KeyboardInterrupt:
+        model.close()
+        print(
+            f"\ninterrupted at step {model.steps}; resume with: python -m sim.run --resume {run_dir}", file=sys.stderr
+        )
+        return 130
+    model.close()
+    done = model.steps
+    summary = model.summary
+    print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
+    if summary:
+        if model.mode == "organism":
+            print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4f}")
+        print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

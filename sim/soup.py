@@ -1,0 +1,22 @@
+"""The soup: a population of free particles on a random regular graph, no organism and no task (DESIGN 1.6).
+
+Particles only self-train and interact through the population events, as in the artificial-chemistry experiments of
+the earlier self-replication literature; their kinds are counted over time in the same record format as organisms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.config import Config
+from sim.model import ParticleModel
+from sim.topology import soup_graph
+
+
+class SoupModel(ParticleModel):
+    """`soup.size` free particles on a random `soup.degree`-regular graph; self-training plus population events."""
+
+    mode = "soup"
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False) -> None:
+        super().__init__(config, soup_graph(config.soup.size, config.soup.degree, config.seed), run_dir, resume)

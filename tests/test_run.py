@@ -1,0 +1,173 @@
+"""The CLI end to end: records, bad input, kill and resume, reproducibility, soup mode."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sim.particles import KIND_NAMES
+from sim.record import is_complete, load_checkpoint, open_record, read_attrs, read_group
+from sim.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--task", "arithmetic", "--quiet", "--set", "record.log_every=5", "--set", "record.snapshot_every=20"]
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sim.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_record_holds_every_step_and_the_contract(tmp_path):
+    out = tmp_path / "run"
+    assert main([*FAST, "--steps", "43", "--out", str(out)]) == 0
+    assert is_complete(out)
+    with open_record(out) as f:
+        attrs = read_attrs(f)
+        steps = read_group(f, "steps")
+        particles = read_group(f, "particles")
+        snapshots = read_group(f, "snapshots")
+        assert attrs["kind_names"] == list(KIND_NAMES)
+        assert attrs["config"]["steps"] == 43 and attrs["seed"] == 0
+        assert {"torch", "mesa", "h5py"} <= set(attrs["versions"]) and attrs["git_commit"]
+        assert f["particles/kind"].dtype == np.int8 and f["particles/kind"].shape[1] == 18
+        assert f["topology/layer"].shape == (18,) and f["topology/edges"].shape[1] == 2
+    np.testing.assert_array_equal(steps["step"], np.arange(1, 44))
+    np.testing.assert_array_equal(particles["step"], [5, 10, 15, 20, 25, 30, 35, 40, 43])
+    np.testing.assert_array_equal(snapshots["step"], [20, 40, 43])
+    assert np.all(particles["kind_counts"].sum(axis=1) == 18)
+    for row, kinds in zip(particles["kind_counts"], particles["kind"]):
+        np.testing.assert_array_equal(row, np.bincount(kinds, minlength=5))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 43
+    np.testing.assert_allclose(snapshots["weights"][-1], state["weights"].numpy(), rtol=1e-6)
+    assert (out / "config.yaml").is_file()
+
+
+def test_same_seed_same_record_other_seed_differs(tmp_path):
+    records = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert main([*FAST, "--steps", "25", "--seed", seed, "--out", str(tmp_path / name)]) == 0
+        with open_record(tmp_path / name) as f:
+            records.append({k: v for k, v in read_group(f, "steps").items() if k != "wall_time"} | {
+                "weights": read_group(f, "snapshots")["weights"]})  # fmt: skip
+    for key in records[0]:
+        np.testing.assert_array_equal(records[0][key], records[1][key])
+    assert not np.array_equal(records[0]["weights"], records[2]["weights"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--steps", "-5"], "--steps must be a non-negative integer"),
+        (["--steps", "2.5"], "--steps must be a non-negative integer"),
+        (["--task", "cifar"], "invalid choice: 'cifar'"),
+        (["--mode", "pond"], "invalid choice: 'pond'"),
+        (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
+        (["--set", "organism.width=0"], "organism.width must be >= 1"),
+        (["--set", "events.attack=-0.1"], "events.attack must be >= 0"),
+        (["--set", "train.lr=abc"], "train.lr must be a number"),
+        (["--set", "justakey"], "--set needs KEY=VALUE"),
+        (["--config", "missing.yaml"], "cannot read config file"),
+        (["--resume", "nowhere"], "holds no checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
+    base = [] if args[0] == "--resume" else ["--task", "arithmetic", "--steps", "3", "--out", str(tmp_path / "r")]
+    result = run_cli(*base, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_malformed_config_and_existing_outputs_are_refused_untouched(tmp_path):
+    (tmp_path / "bad.yaml").write_text("steps: [1,\n")
+    result = run_cli("--config", str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and "malformed config file" in result.stderr
+
+    existing = tmp_path / "afile"
+    existing.write_text("keep me")
+    result = run_cli(*FAST, "--steps", "3", "--out", str(existing), cwd=tmp_path)
+    assert result.returncode == 2 and "existing file" in result.stderr and existing.read_text() == "keep me"
+
+    out = tmp_path / "done"
+    assert main([*FAST, "--steps", "5", "--out", str(out)]) == 0
+    before = (out / "run.h5").read_bytes()
+    result = run_cli(*FAST, "--steps", "3", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2 and "already holds a run record" in result.stderr
+    assert (out / "run.h5").read_bytes() == before
+
+
+def test_cuda_without_gpu_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    result = run_cli(*FAST, "--steps", "3", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_idx_directory_is_refused(tmp_path):
+    (tmp_path / "idx").mkdir()
+    result = run_cli("--steps", "3", "--set", f"task.data_dir={tmp_path / 'idx'}", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "idx" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = ["--task", "arithmetic", "--steps", "1500", "--seed", "7", "--quiet",
+            "--set", "record.log_every=5", "--set", "record.snapshot_every=100"]  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, "--out", str(killed)], cwd=ROOT)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.2, 1.0))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    with h5py.File(killed / "run.h5", "r", swmr=True) as f:  # a killed SWMR writer's file opens as a SWMR reader
+        n = f["steps/step"].shape[0]
+        steps = {name: d[:] for name, d in f["steps"].items()}
+        assert n > 0 and all(len(v) == n for v in steps.values())
+        np.testing.assert_array_equal(steps["step"], np.arange(1, n + 1))
+        logged = f["particles/step"][:]
+        assert len(logged) == f["particles/kind"].shape[0] and logged[-1] <= n and n - logged[-1] < 5
+    assert not is_complete(killed)
+
+    assert run_cli("--resume", str(killed), "--quiet").returncode == 0
+    full = tmp_path / "full"
+    assert main([*args, "--out", str(full)]) == 0
+    resumed_state, full_state = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(full / "checkpoint.pt")
+    assert resumed_state["step"] == full_state["step"] == 1500
+    assert torch.equal(resumed_state["weights"], full_state["weights"])
+    with open_record(killed) as a, open_record(full) as b:
+        for group in ("steps", "particles", "snapshots"):
+            ra, rb = read_group(a, group), read_group(b, group)
+            for key in ra:
+                if key != "wall_time":
+                    np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{group}/{key}")
+
+
+def test_soup_mode_counts_kinds_and_records_events(tmp_path):
+    out = tmp_path / "soup"
+    args = ["--mode", "soup", "--steps", "30", "--quiet", "--out", str(out), "--set", "soup.size=60",
+            "--set", "record.log_every=5", "--set", "events.attack=0.2", "--set", "events.noise=0.1"]  # fmt: skip
+    assert main(args) == 0
+    with open_record(out) as f:
+        attrs = read_attrs(f)
+        particles = read_group(f, "particles")
+        events = read_group(f, "events")
+    assert attrs["mode"] == "soup"
+    assert particles["kind"].shape == (6, 60) and np.all(particles["kind_counts"].sum(axis=1) == 60)
+    assert {0, 4} <= set(np.unique(events["kind"]).tolist())  # attack and noise both happened
+    assert np.all((events["step"] >= 1) & (events["step"] <= 30))
