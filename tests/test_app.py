@@ -1,0 +1,218 @@
+"""The Mesa page (`sim/app.py`): its live models and replay reader directly, then the served page in headless Chromium.
+
+The browser tests start `python -m sim.view` on loopback and drive Debian's Chromium through Selenium with the system
+chromedriver (Selenium Manager downloads nothing); they skip with the reason where Chromium or solara's page assets are
+missing. The live test leaves a screenshot of the page in its pytest tmp dir (its path is a recorded test property).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.app import LiveOrganism, LiveSoup
+from sim.particles import KIND_NAMES
+from sim.record import open_record, read_group
+from sim.topology import particle_table
+from sim.view import free_port, incompatible_widgets, kinds_text, load_replay, missing_assets, organism_layout
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+STATUS = re.compile(r"step: (\d+), kinds: (.*)")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_status(text: str) -> tuple[int, dict[str, int]]:
+    """`... step: N, kinds: a=1, b=2, ...` -> (N, {a: 1, b: 2, ...})."""
+    match = STATUS.search(text)
+    assert match, f"no status line in {text!r}"
+    counts = dict(item.split("=") for item in match.group(2).strip().split(", "))
+    return int(match.group(1)), {name: int(value) for name, value in counts.items()}
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 40-step arithmetic run logged every 5 steps (made by the CLI, as a user would)."""
+    out = tmp_path_factory.mktemp("replay") / "run"
+    command = [sys.executable, "-m", "sim.run", "--task", "arithmetic", "--steps", "40", "--quiet", "--out", str(out),
+               "--set", "record.log_every=5"]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPO, timeout=120)
+    return out
+
+
+# --- without a browser -------------------------------------------------------------------------------------------
+def test_live_organism_keeps_every_logged_step() -> None:
+    model = LiveOrganism(task="arithmetic", n_sr=2, seed=3)
+    for _ in range(3):
+        model.step()
+    assert [row["step"] for row in model.history] == [0, 1, 2, 3]
+    assert sum(model.history[-1]["kind_counts"].values()) == model.n_particles == 18
+    assert model.layout.xy.shape == (18, 2)
+
+
+def test_live_soup_is_drawn_as_its_graph() -> None:
+    model = LiveSoup(size=20, n_sr=1)
+    model.step()
+    assert [row["step"] for row in model.history] == [0, 1]
+    assert model.layout.xy.shape == (20, 2) and model.layout.line_particle is None
+    assert len(model.layout.lines) == model.graph.number_of_edges()
+
+
+def test_organism_layout_puts_each_particle_between_its_neurons() -> None:
+    sizes = [2, 3, 3, 1]
+    table = particle_table(sizes)
+    layout = organism_layout(sizes, table.layer, table.source, table.target)
+    assert layout.xy.shape == (18, 2) and layout.nodes.shape == (9, 2)
+    assert np.all((layout.xy[:, 0] > table.layer) & (layout.xy[:, 0] < table.layer + 1))
+    assert np.allclose(layout.lines[:, 0, 0], table.layer) and np.allclose(layout.lines[:, 1, 0], table.layer + 1)
+
+
+def test_replay_reads_the_record(record: Path) -> None:
+    replay = load_replay(record)
+    with open_record(record) as f:
+        particles = read_group(f, "particles")
+    assert replay.steps.tolist() == list(range(5, 41, 5))
+    np.testing.assert_array_equal(replay.kind_counts, particles["kind_counts"])
+    assert replay.row(27) == replay.row(25) == 4 and replay.row(0) == 0
+    step, weights, kinds = replay.snapshot(40)
+    assert step == 40 and weights.shape[0] == 18
+    np.testing.assert_array_equal(kinds, particles["kind"][-1])  # the snapshot's kinds, re-classified, match the log
+
+
+# --- in the browser ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium through Selenium; skipped where it (or the page's offline assets) is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(f"Debian's Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium "
+                    "chromium-driver")  # fmt: skip
+    if incompatible_widgets():
+        pytest.fail(incompatible_widgets())
+    if missing_assets():
+        pytest.skip(f"solara's page assets are not installed ({', '.join(missing_assets())}) and no CDN can be "
+                    "assumed: run `python -m sim.view --install-assets` once")  # fmt: skip
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000", f"--user-data-dir={profile}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(browser: object, record: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m sim.view` on a free loopback port, replaying `record`; yields the address it prints."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp("server")
+    command = [sys.executable, "-m", "sim.view", "--host", "127.0.0.1", "--port", str(port), "--replay", str(record)]
+    # output goes to files, not pipes: nobody reads a pipe once the address is found, and a full one blocks the server
+    with (logs / "stdout.log").open("w") as stdout, (logs / "stderr.log").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        found = None
+        while found is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            found = re.search(r"organism-networks page: (http://\S+/)", (logs / "stdout.log").read_text())
+        assert found and found.group(1) == f"http://127.0.0.1:{port}/", (
+            f"python -m sim.view printed no address (exit {process.poll()}); "
+            f"stderr: {(logs / 'stderr.log').read_text()[-2000:]}"
+        )
+        yield found.group(1)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the server's own process group (start_new_session above)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_text(driver: object, selector: str, pattern: str, timeout: float = 60) -> str:
+    """The text of the element `selector` once it matches `pattern`."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text(d: object) -> str | bool:
+        try:
+            found = [e.text for e in d.find_elements(By.CSS_SELECTOR, selector)]
+        except StaleElementReferenceException:  # the page re-rendered under us: look again
+            return False
+        return next((t for t in found if re.search(pattern, t)), False)
+
+    try:
+        return WebDriverWait(driver, timeout).until(text)
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"{selector} never showed {pattern!r}; the page says: {body[:1500]!r}") from None
+
+
+def _image(driver: object, selector: str) -> bytes:
+    """What the figure inside `selector` looks like on screen (PNG of the element)."""
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.CSS_SELECTOR, f"{selector} img")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    return element.screenshot_as_png
+
+
+def test_live_page_steps_the_model(browser: object, server: str, tmp_path: Path, record_property) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    step, counts = parse_status(_wait_text(browser, ".live-status", r"^step: 0,"))
+    assert step == 0 and sum(counts.values()) == 18 and list(counts) == list(KIND_NAMES)
+    graph, plot = _image(browser, ".topology-view"), _image(browser, ".kind-counts-view")
+    for clicks in range(1, 4):
+        browser.find_element(By.XPATH, "//button[normalize-space(.)='Step']").click()
+        step, counts = parse_status(_wait_text(browser, ".live-status", rf"^step: {5 * clicks},"))
+    assert step == 15 and sum(counts.values()) == 18  # Step runs Mesa's render interval: 5 steps a click
+    _wait_text(browser, "body", r"Step: 15")  # Mesa's own step counter
+    assert _image(browser, ".topology-view") != graph, "the graph did not change after 15 steps"
+    assert _image(browser, ".kind-counts-view") != plot, "the kind-count plot did not change after 15 steps"
+    screenshot = tmp_path / "live_page.png"
+    browser.save_screenshot(str(screenshot))
+    record_property("screenshot", str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_replay_page_shows_the_recorded_kind_counts(browser: object, server: str, record: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    with open_record(record) as f:
+        particles = read_group(f, "particles")
+    recorded = {int(s): dict(zip(KIND_NAMES, c.tolist(), strict=True)) for s, c in zip(particles["step"],
+                                                                                        particles["kind_counts"],
+                                                                                        strict=True)}  # fmt: skip
+    browser.get(server + "replay")
+    step, counts = parse_status(_wait_text(browser, ".replay-status", r"^replay step: 40,"))
+    assert counts == recorded[40], kinds_text(recorded[40])
+    graph = _image(browser, ".topology-view")
+    for expected in (35, 30, 25):
+        browser.find_element(By.CSS_SELECTOR, "button.replay-prev").click()
+        step, counts = parse_status(_wait_text(browser, ".replay-status", rf"^replay step: {expected},"))
+        assert counts == recorded[step], f"step {step}: page {counts}, record {recorded[step]}"
+    assert _image(browser, ".topology-view") != graph, "the recorded graph did not change between steps 40 and 25"
