@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
     if summary:
         if model.mode == "organism":
-            print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4f}")
+            print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
     print(f"run directory: {run_dir}")
     return 0
