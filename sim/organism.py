@@ -50,7 +50,10 @@ class Organism:
             path = "fast" if self.spec.linear else "general"
         if path == "fast" and not self.spec.linear:
             raise ValueError("the fast path needs linear particles (particle.activation = 'none')")
-        effective = effective_weights(weights, self.spec) if path == "fast" else None  # [P]
+        if path == "fast":
+            # one split, not a slice per layer: autograd then joins the layers' gradients with a single cat
+            counts = [end - start for start, end in itertools.pairwise(self.offsets)]
+            effective = effective_weights(weights, self.spec).split(counts)  # [P_l] per layer
         act = ACTIVATIONS[self.activation]
         skip = None
         for layer in range(self.depth):
@@ -61,11 +64,10 @@ class Organism:
             if self.residual and middle and (layer - 1) % 2 == 0 and layer + 1 < self.depth - 1:
                 skip = x
             n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
-            part = self.layer_slice(layer)
             if path == "fast":
-                x = x @ effective[part].view(n_out, n_in).T
+                x = x @ effective[layer].view(n_out, n_in).T
             else:
-                x = self._general_layer(weights[part], x, n_in, n_out)
+                x = self._general_layer(weights[self.layer_slice(layer)], x, n_in, n_out)
             if skip is not None and (layer - 1) % 2 == 1:
                 x = x + skip
                 skip = None

@@ -40,7 +40,9 @@ class ParticleSpec:
 
     def __post_init__(self) -> None:
         if self.weight_interface < 4:
-            raise ValueError(f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}")
+            raise ValueError(
+                f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}"
+            )
         if self.hidden < 1:
             raise ValueError(f"particle.hidden must be >= 1, got {self.hidden}")
         if self.activation not in ACTIVATIONS:
@@ -66,10 +68,10 @@ def unpack(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Tensor, tor
     """Views W1 `[P, h, k]`, W2 `[P, h, h]`, W3 `[P, 1, h]` of a bank `[P, n]`."""
     k, h = spec.weight_interface, spec.hidden
     P = weights.shape[0]
-    W1 = weights[:, : k * h].view(P, h, k)
-    W2 = weights[:, k * h : k * h + h * h].view(P, h, h)
-    W3 = weights[:, k * h + h * h :].view(P, 1, h)
-    return W1, W2, W3
+    # one split rather than three slices: autograd then joins the three gradients with one cat instead of
+    # scattering each into its own zero-filled [P, n] buffer
+    W1, W2, W3 = weights.split([k * h, h * h, h], dim=1)
+    return W1.view(P, h, k), W2.view(P, h, h), W3.view(P, 1, h)
 
 
 @cache
@@ -83,7 +85,9 @@ def _positions_cpu(spec: ParticleSpec) -> torch.Tensor:
     return pos / (pos.max(dim=0).values + POSITION_EPS)
 
 
-def positions(spec: ParticleSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def positions(
+    spec: ParticleSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Normalised (layer, row, col) of every weight, `[n, 3]`, the same for every particle."""
     return _positions_cpu(spec).to(device=device, dtype=dtype)
 
@@ -147,9 +151,21 @@ def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
 
     Inputs and targets come from the detached weights, so the gradient flows only through the evaluation (DESIGN 1.1).
     """
-    target = weights.detach()
-    out = self_apply(target, spec, evaluator=weights)
-    return (out - target).pow(2).mean(dim=1)
+    target = weights.detach()  # [P, n]
+    if not spec.linear:
+        return (self_apply(target, spec, evaluator=weights) - target).pow(2).mean(dim=1)
+    # Linear particles: p(c_j) - w_j = w_j (v0 - 1) + pos_j . u with u = v[1:4], so the mean square over j is a
+    # quadratic form in (v0 - 1, u) whose coefficients are |w|^2, w . pos and pos^T pos: one pass over the bank and
+    # no [P, n] intermediate in the forward or the backward. Exact algebra; only the rounding differs.
+    pos = positions(spec, weights.device, weights.dtype)  # [n, 3]
+    v = linear_vector(weights, spec)  # [P, k]
+    shrink, shift = v[:, 0] - 1.0, v[:, 1:4]  # [P], [P, 3]
+    norm2 = target.square().sum(dim=1)  # [P]
+    cross = target @ pos  # [P, 3]
+    quadratic = (shift @ (pos.T @ pos) * shift).sum(dim=1)  # [P]
+    total = norm2 * shrink.square() + 2.0 * shrink * (cross * shift).sum(dim=1) + quadratic
+    # rounding can leave a vanishing loss a hair below zero
+    return total.clamp_min(0.0) / target.shape[1]
 
 
 def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
@@ -158,7 +174,15 @@ def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor
     For nonlinear particles this is the response to a unit input, a summary rather than an exact factor.
     """
     if spec.linear:
-        return linear_vector(weights, spec)[:, -1]
+        k, h = spec.weight_interface, spec.hidden
+        # a = sum_b t_b W1[b, k-1] with t = W3 W2, computed on the transposed bank so that every product and sum runs
+        # along the long particle dimension: at organism sizes (P ~ 1e3) batched 1 x h x h products, and elementwise
+        # ops whose innermost dimension is h, spend most of their time in per-row overhead (forward and backward)
+        transposed = weights.T.contiguous()  # [n, P]
+        carried = transposed[k - 1 : k * h : k]  # [h, P]: W1[b, k-1], the column that meets the carried value
+        W2 = transposed[k * h : k * h + h * h].view(h, h, -1)  # [h, h, P]
+        W3 = transposed[k * h + h * h :]  # [h, P]
+        return ((W3.unsqueeze(1) * W2).sum(dim=0) * carried).sum(dim=0)
     unit = weights.new_zeros(weights.shape[0], 1, spec.weight_interface)
     unit[..., -1] = 1.0
     return apply(weights, unit, spec).squeeze(1)

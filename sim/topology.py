@@ -40,9 +40,9 @@ class ParticleTable:
 def particle_table(sizes: list[int]) -> ParticleTable:
     """Layer, source neuron and target neuron of every particle, in particle-id order."""
     layer, source, target = [], [], []
-    for l, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         out_idx, in_idx = np.meshgrid(np.arange(n_out), np.arange(n_in), indexing="ij")
-        layer.append(np.full(n_in * n_out, l))
+        layer.append(np.full(n_in * n_out, index))
         source.append(in_idx.ravel())
         target.append(out_idx.ravel())
     return ParticleTable(np.concatenate(layer), np.concatenate(source), np.concatenate(target))
@@ -51,12 +51,12 @@ def particle_table(sizes: list[int]) -> ParticleTable:
 def organism_graph(sizes: list[int]) -> nx.DiGraph:
     """DiGraph of neurons `(layer, index)`; edge attribute `particle` is the particle id carried by that connection."""
     graph = nx.DiGraph()
-    for l, n in enumerate(sizes):
-        graph.add_nodes_from(((l, i) for i in range(n)), layer=l)
+    for index, n in enumerate(sizes):
+        graph.add_nodes_from(((index, i) for i in range(n)), layer=index)
     table = particle_table(sizes)
     graph.add_edges_from(
-        ((l, s), (l + 1, t), {"particle": p})
-        for p, (l, s, t) in enumerate(zip(table.layer.tolist(), table.source.tolist(), table.target.tolist()))
+        ((layer, s), (layer + 1, t), {"particle": p})
+        for p, (layer, s, t) in enumerate(zip(table.layer.tolist(), table.source.tolist(), table.target.tolist()))
     )
     return graph
 
