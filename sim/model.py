@@ -24,7 +24,15 @@ from sim.agents import ParticleAgent
 from sim.config import Config
 from sim.events import EVENT_NAMES, population_events
 from sim.organism import Organism
-from sim.particles import KIND_NAMES, ParticleSpec, classify, effective_weights, init_weights, sr_loss
+from sim.particles import (
+    KIND_NAMES,
+    ParticleSpec,
+    classify,
+    effective_weights,
+    init_weights,
+    sr_loss,
+    sr_train_,
+)
 from sim.record import (
     CHECKPOINT_NAME,
     RECORD_NAME,
@@ -134,14 +142,7 @@ class ParticleModel(mesa.Model):
         buffer = self.task_momentum if train.sr_optimizer == "shared" else self.sr_momentum
         if train.sr_optimizer == "fresh":
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
-        first = None
-        for _ in range(train.n_sr):
-            loss = sr_loss(self.weights, self.spec)  # [P]
-            (grad,) = torch.autograd.grad(loss.sum() * train.alpha, self.weights)
-            self._sgd(grad, buffer, train.lr)
-            if first is None:
-                first = loss.detach().mean()
-        return first
+        return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
     def step(self) -> None:
         """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""

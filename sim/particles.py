@@ -168,6 +168,92 @@ def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     return total.clamp_min(0.0) / target.shape[1]
 
 
+@torch.no_grad()
+def sr_train_(
+    weights: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    spec: ParticleSpec,
+    n_steps: int,
+    lr: float,
+    momentum: float,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """`n_steps` SGD-with-momentum steps on `alpha * sum_p SR-loss(p)`, in place on `weights` and `momentum_buffer`
+    (both `[P, n]`; the update is torch.optim.SGD's: `buf = momentum * buf + grad; w -= lr * buf`). Returns the mean
+    SR loss before the first step, a 0-d tensor.
+
+    Linear particles take a hand-derived gradient (checked against autograd in the tests): with `v = t W1`,
+    `t = W3 W2`, the loss is the quadratic form of `sr_loss` in `g`-space, `dL/dv = g`, and then
+    `dW1 = t^T g`, `dt = g W1^T`, `dW2 = W3^T dt`, `dW3 = dt W2^T`. The steps run on the transposed bank `[n, P]`, so
+    every product and sum runs along the long particle axis: a few dozen vector operations per step instead of an
+    autograd graph of small batched matmuls. Nonlinear particles fall back to autograd.
+    """
+    if not spec.linear:
+        return _sr_train_autograd_(weights, momentum_buffer, spec, n_steps, lr, momentum, alpha)
+    k, h = spec.weight_interface, spec.hidden
+    n, P = spec.n_weights, weights.shape[0]
+    pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
+    gram = pos @ pos.T  # [3, 3]
+    scale = 2.0 * alpha / n
+    w = weights.T.contiguous()  # [n, P]
+    buf = momentum_buffer.T.contiguous()  # [n, P]
+    grad = torch.empty_like(w)  # [n, P]
+    g = w.new_zeros(k, P)  # dL/dv; rows 4.. stay zero: those inputs never carry coordinates
+    # views stay valid across the steps: w and grad are updated in place
+    W1, W2, W3 = w[: k * h].view(h, k, P), w[k * h : k * h + h * h].view(h, h, P), w[k * h + h * h :]
+    dW1, dW2, dW3 = grad[: k * h].view(h, k, P), grad[k * h : k * h + h * h].view(h, h, P), grad[k * h + h * h :]
+    first = None
+    for _ in range(n_steps):
+        t = (W3.unsqueeze(1) * W2).sum(dim=0)  # [h, P]: t_b = sum_a W3_a W2_ab
+        v = (t.unsqueeze(1) * W1).sum(dim=0)  # [k, P]
+        shrink, shift = v[0] - 1.0, v[1:4]  # [P], [3, P]
+        norm2 = w.square().sum(dim=0)  # [P]
+        cross = pos @ w  # [3, P]
+        shift_cross = (shift * cross).sum(dim=0)  # [P]
+        gram_shift = gram @ shift  # [3, P]
+        if first is None:
+            loss = norm2 * shrink.square() + 2.0 * shrink * shift_cross + (shift * gram_shift).sum(dim=0)
+            first = loss.clamp_min(0.0).mean() / n
+        torch.mul(norm2 * shrink + shift_cross, scale, out=g[0])
+        torch.mul(shrink * cross + gram_shift, scale, out=g[1:4])
+        torch.mul(t.unsqueeze(1), g.unsqueeze(0), out=dW1)  # [h, k, P]
+        dt = (g.unsqueeze(0) * W1).sum(dim=1)  # [h, P]
+        torch.mul(W3.unsqueeze(1), dt.unsqueeze(0), out=dW2)  # [h, h, P]
+        torch.sum(dt.unsqueeze(0) * W2, dim=1, out=dW3)  # [h, P]
+        torch.add(grad, buf, alpha=momentum, out=buf)
+        w.sub_(buf, alpha=lr)
+    weights.copy_(w.T)
+    momentum_buffer.copy_(buf.T)
+    if first is None:
+        first = sr_loss(weights, spec).mean()
+    return first
+
+
+def _sr_train_autograd_(
+    weights: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    spec: ParticleSpec,
+    n_steps: int,
+    lr: float,
+    momentum: float,
+    alpha: float,
+) -> torch.Tensor:
+    """`sr_train_` for any particle, through autograd."""
+    first = None
+    for _ in range(n_steps):
+        with torch.enable_grad():
+            leaf = weights.detach().requires_grad_(True)
+            loss = sr_loss(leaf, spec)  # [P]
+            (grad,) = torch.autograd.grad(loss.sum() * alpha, leaf)
+        momentum_buffer.mul_(momentum).add_(grad)
+        weights.sub_(momentum_buffer, alpha=lr)
+        if first is None:
+            first = loss.detach().mean()
+    if first is None:
+        first = sr_loss(weights, spec).mean()
+    return first
+
+
 def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (DESIGN 1.3).
 

@@ -36,6 +36,7 @@ CONFIG_NAME = "config.yaml"
 STEP_FIELDS = {"step": np.int64, "task_loss": np.float64, "sr_loss": np.float64, "metric": np.float64,
                "sr_active": np.int8, "wall_time": np.float64}  # fmt: skip
 EVENT_FIELDS = ("step", "kind", "source", "target")
+GROUPS = ("steps", "particles", "snapshots", "events")  # the groups that grow, a row at a time
 
 
 class RecordError(Exception):
@@ -76,12 +77,12 @@ def git_commit() -> str:
 
 
 def _resizable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
-    """An empty dataset growing along axis 0, chunked to ~64k elements a chunk, compressed."""
+    """An empty dataset growing along axis 0, compressed, in chunks of ~16k elements: every append rewrites the
+    (compressed) last chunk, so chunks stay small enough that frequent small appends stay cheap."""
     row = int(np.prod(shape)) if shape else 1
-    rows_per_chunk = max(1, 65536 // max(row, 1))
-    chunks = (rows_per_chunk, *shape)
-    if row > 65536 and shape:
-        chunks = (1, max(1, 65536 // int(np.prod(shape[1:]))), *shape[1:])
+    chunks = (max(1, min(1024, 16384 // row)), *shape)
+    if row > 16384:
+        chunks = (1, *shape[:-1], max(1, min(shape[-1], 16384 // max(1, row // shape[-1]))))
     return group.create_dataset(
         name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks, compression="gzip",
         compression_opts=1, shuffle=True,
@@ -119,6 +120,8 @@ class RecordWriter:
             _rewrite_truncated(self.path, resume_rows)
             self.file = h5py.File(self.path, "r+", libver="latest")
         self.file.swmr_mode = True
+        # dataset handles, looked up once: an h5py lookup by path costs more than a small append
+        self.datasets = {f"{g}/{name}": d for g in GROUPS for name, d in self.file[g].items()}
         self._steps: list[tuple] = []
         self._particles: list[tuple] = []
         self._events: list[tuple[int, torch.Tensor]] = []
@@ -171,9 +174,8 @@ class RecordWriter:
 
     def add_snapshot(self, step: int, weights: torch.Tensor) -> None:
         """Write the whole bank `[P, n]` as one snapshot row (written at once: snapshots are rare and large)."""
-        group = self.file["snapshots"]
-        _append(group["weights"], weights.detach().float().cpu().numpy()[None])
-        _append(group["step"], np.array([step]))
+        _append(self.datasets["snapshots/weights"], weights.detach().float().cpu().numpy()[None])
+        _append(self.datasets["snapshots/step"], np.array([step]))
 
     def flush(self) -> None:
         """Write every buffered row and flush the file, so a reader (or a killed run) sees them."""
@@ -184,33 +186,27 @@ class RecordWriter:
             data = {"step": np.array(columns[0]), "task_loss": values[0], "sr_loss": values[1], "metric": values[2],
                     "sr_active": np.array(columns[4]), "wall_time": np.array(columns[5])}  # fmt: skip
             for name, dtype in STEP_FIELDS.items():
-                _append(self.file["steps"][name], data[name].astype(dtype))
+                _append(self.datasets[f"steps/{name}"], data[name].astype(dtype))
             self._steps.clear()
         if self._particles:
-            group = self.file["particles"]
             step, held_out, counts, kind, sr_loss, effective = zip(*self._particles)
-            _append(group["step"], np.array(step))
-            _append(group["held_out_metric"], np.array(held_out))
-            _append(group["kind_counts"], torch.stack(counts).cpu().numpy())
-            _append(group["kind"], torch.stack(kind).cpu().numpy())
-            _append(group["sr_loss"], torch.stack(sr_loss).cpu().numpy())
-            _append(group["effective_weight"], torch.stack(effective).cpu().numpy())
+            columns = {"step": np.array(step), "held_out_metric": np.array(held_out), "kind_counts": counts,
+                       "kind": kind, "sr_loss": sr_loss, "effective_weight": effective}  # fmt: skip
+            for name, rows in columns.items():
+                rows = rows if isinstance(rows, np.ndarray) else torch.stack(rows).cpu().numpy()
+                _append(self.datasets[f"particles/{name}"], rows)
             self._particles.clear()
         if self._events:
             rows = torch.cat([r for _, r in self._events]).cpu().numpy()  # [E, 3]
             steps = np.concatenate([np.full(len(r), s) for s, r in self._events])
-            group = self.file["events"]
             for name, column in zip(EVENT_FIELDS, (steps, rows[:, 0], rows[:, 1], rows[:, 2])):
-                _append(group[name], column.astype(np.int64))
+                _append(self.datasets[f"events/{name}"], column.astype(np.int64))
             self._events.clear()
         self.file.flush()
 
     def rows(self) -> dict[str, int]:
         """Committed row count of every growing group (what a checkpoint needs to truncate on resume)."""
-        return {
-            name: min(d.shape[0] for d in self.file[name].values())
-            for name in ("steps", "particles", "snapshots", "events")
-        }
+        return {name: group_length(self.file, name) for name in GROUPS}
 
     def close(self) -> None:
         if self.file.id.valid:

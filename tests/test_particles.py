@@ -23,6 +23,7 @@ from sim.particles import (
     linear_vector,
     self_apply,
     sr_loss,
+    sr_train_,
 )
 
 DTYPES = [torch.float64, torch.float32]
@@ -290,3 +291,27 @@ def test_kinds_match_the_reference_on_a_mixed_bank(activation):
 def test_random_particles_are_other(dtype):
     spec = ParticleSpec(5, 5)
     assert classify(random_bank(50, spec, dtype, seed=12), spec).tolist() == [OTHER] * 50
+
+
+@pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (5, 3, "none"), (7, 2, "none"), (5, 3, "tanh")])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum):
+    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD."""
+    spec = ParticleSpec(k, h, activation)
+    start = init_weights(13, spec, torch.Generator().manual_seed(k * 10 + h), dtype=torch.float64)
+    param = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.SGD([param], lr=0.05, momentum=momentum)
+    first = None
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss = sr_loss(param, spec)
+        (loss.sum() * 0.7).backward()
+        optimizer.step()
+        first = loss.detach().mean() if first is None else first
+    weights, buffer = start.clone(), torch.zeros_like(start)
+    reported = sr_train_(weights, buffer, spec, 4, lr=0.05, momentum=momentum, alpha=0.7)
+    torch.testing.assert_close(weights, param.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(reported, first, rtol=1e-10, atol=1e-14)
+    if momentum:
+        torch.testing.assert_close(buffer, optimizer.state[param]["momentum_buffer"], rtol=1e-10, atol=1e-12)
+    assert not torch.equal(weights, start)
