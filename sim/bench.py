@@ -8,17 +8,24 @@ particles and one classification pass, each three ways where it applies:
 - `loop`: what a straightforward implementation does: one small `nn.Module` per particle and Python loops over them.
 - `dense`: a bias-free `nn.Linear` MLP of the same layer sizes (task step only): the floor for the task step.
 
-Plus the self-replication step time per particle for growing banks. Every figure is the median of repeated calls after
-warm-up, with the device synchronised around each call; the batched and dense task steps take turns, so that their
-ratio survives a change in the machine's load. `--json FILE` writes the same figures as JSON.
+Plus the self-replication step time per particle for growing banks, and the whole simulation step of the Mesa model
+(`step()`: n_sr SR steps, task step, events, classification and logging at the default intervals, the HDF5 record
+written to a temporary directory) for the default MNIST organism, the arithmetic organism, and, without `--quick`, a
+large organism 784-1024-1024-10 (1.86 M particles, full-resolution MNIST) and a soup of 1 M particles: steps/s,
+particle updates/s, the share of each phase and peak memory. The loop implementation is far too slow for the large
+ones and is not run there. Every figure is the median of repeated calls after warm-up, with the device synchronised
+around each call; the batched and dense task steps take turns, so that their ratio survives a change in the machine's
+load. `--json FILE` writes the same figures as JSON; `--plot FILE` draws the SR-step scaling as a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sim import particles
+from sim.config import build_config
+from sim.model import OrganismModel, ParticleModel
 from sim.organism import Organism
 from sim.particles import ParticleSpec
+from sim.soup import SoupModel
 
 LR = 0.004
 MOMENTUM = 0.9
 SCALING_SIZES = (1_000, 10_000, 100_000)
 GPU_SCALING_SIZES = (*SCALING_SIZES, 1_000_000)
 SCALING_SPEC = ParticleSpec(weight_interface=5, hidden=5)
+SR_BLOCK = 10  # the default n_sr: the model runs the SR steps of a simulation step as one block
 
 
 @dataclass(frozen=True)
@@ -101,29 +112,27 @@ class Batched:
         self.case = case
         self.weights = bank.detach().clone().requires_grad_(True)  # [P, n]
         self.organism = Organism(list(case.sizes), case.spec)
-        self.optimizer = torch.optim.SGD([self.weights], lr=LR, momentum=MOMENTUM)
+        self.momentum = torch.zeros_like(self.weights.detach())  # [P, n], one buffer for both phases, like the loop's
 
     def task_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.optimizer.zero_grad()
         loss = task_loss(self.case, self.organism.forward(self.weights, x), y)
-        loss.backward()
-        self.optimizer.step()
+        (grad,) = torch.autograd.grad(loss, self.weights)
+        with torch.no_grad():  # torch.optim.SGD's update, as the model does it
+            self.momentum.mul_(MOMENTUM).add_(grad)
+            self.weights.sub_(self.momentum, alpha=LR)
         return loss.detach()
 
     def sr_step(self) -> torch.Tensor:
-        return sr_step(self.weights, self.case.spec, self.optimizer)
+        return sr_step(self.weights, self.momentum, self.case.spec)
 
     def classify(self) -> torch.Tensor:
         return particles.classify(self.weights.detach(), self.case.spec)
 
 
-def sr_step(weights: torch.Tensor, spec: ParticleSpec, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """One SGD step on the summed SR loss of a bank `[P, n]`; returns that loss before the step."""
-    optimizer.zero_grad()
-    loss = particles.sr_loss(weights, spec).sum()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+def sr_step(weights: torch.Tensor, momentum_buffer: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """One SGD-with-momentum step on the summed SR loss of a bank `[P, n]` (the toolkit's fused `sr_train_`, as the
+    model runs it); returns that summed loss before the step."""
+    return particles.sr_train_(weights, momentum_buffer, spec, 1, LR, MOMENTUM) * weights.shape[0]
 
 
 class LoopParticle(nn.Module):
@@ -250,6 +259,12 @@ class Dense:
         return loss.detach()
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a wall-clock time covers it (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_ms(
     fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
 ) -> dict[str, float]:
@@ -257,20 +272,16 @@ def median_ms(
     call. The implementations take turns call by call, so that a change in the machine's load (other processes on a
     shared machine) hits them alike and their ratio stays fair."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            sync()
+            sync(device)
             start = time.perf_counter()
             fn()
-            sync()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
@@ -298,15 +309,95 @@ def bench_case(case: Case, device: torch.device, budget: Budget, seed: int = 0) 
 def bench_sr_scaling(
     sizes: tuple[int, ...], device: torch.device, budget: Budget, spec: ParticleSpec = SCALING_SPEC
 ) -> dict[str, float]:
-    """Batched SR step (loss, backward, SGD step) time per particle in nanoseconds, keyed by the bank size."""
+    """Batched SR step (loss, gradient, SGD step) time per particle in nanoseconds, keyed by the bank size. Timed as
+    the model runs it, a block of `n_sr` = 10 steps in one call (the bank's layout change is paid once per block)."""
     result = {}
     for size in sizes:
         bank = particles.init_weights(size, spec, torch.Generator().manual_seed(size)).to(device)
-        weights = bank.requires_grad_(True)  # [P, n]
-        optimizer = torch.optim.SGD([weights], lr=LR, momentum=MOMENTUM)
-        step = {"sr_step": partial(sr_step, weights, spec, optimizer)}
-        result[str(size)] = 1e6 * median_ms(step, device, budget.warmup, budget.repeats)["sr_step"] / size
+        block = {"sr": partial(particles.sr_train_, bank, torch.zeros_like(bank), spec, SR_BLOCK, LR, MOMENTUM)}
+        block_ms = median_ms(block, device, budget.warmup, budget.repeats)["sr"]
+        result[str(size)] = 1e6 * block_ms / SR_BLOCK / size
     return result
+
+
+# The whole simulation step of the Mesa model: name -> config overrides. Small ones always, large ones without --quick.
+FULL_STEP_CASES = {
+    "arithmetic": [("task.name", "arithmetic")],
+    "mnist": [],
+    "soup_1m": [("mode", "soup"), ("soup.size", 1_000_000)],
+    "large_784_1024_1024_10": [("task.image_side", 28), ("organism.width", 1024)],
+}
+LARGE_CASES = ("soup_1m", "large_784_1024_1024_10")
+PHASES = {"_self_train": "sr", "_task_step": "task", "_events": "events", "_log": "log", "_snapshot": "snapshot"}
+
+
+def _timed(method: Callable, spent: dict[str, float], phase: str, device: torch.device) -> Callable:
+    def wrapper(*args, **kwargs):
+        sync(device)
+        start = time.perf_counter()
+        out = method(*args, **kwargs)
+        sync(device)
+        spent[phase] += time.perf_counter() - start
+        return out
+
+    return wrapper
+
+
+def bench_full_step(
+    overrides: list[tuple[str, object]], device: torch.device, steps: int, warmup: int, agents: bool
+) -> dict[str, object]:
+    """Mean time of the model's whole `step()` over `steps` steps (a multiple of the log interval, so logging is
+    amortised as in a run), with self-training on from the start (the steady state after the train-task-first gate),
+    the record written to a temporary directory; and the share of each phase of the step."""
+    config = build_config(
+        overrides=[("steps", 10**9), ("device", device.type), ("train.task_first_threshold", 0.0), *overrides]
+    )
+    model_class = SoupModel if config.mode == "soup" else OrganismModel
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        model: ParticleModel = model_class(config, run_dir=run_dir, agents=agents)
+        build_s = time.perf_counter() - started
+        spent = dict.fromkeys(PHASES.values(), 0.0)
+        for method, phase in PHASES.items():
+            setattr(model, method, _timed(getattr(model, method), spent, phase, device))
+        for _ in range(warmup):
+            model.step()
+        spent.update(dict.fromkeys(spent, 0.0))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            model.step()
+        sync(device)
+        total = time.perf_counter() - started
+        model.close()
+    step_s = total / steps
+    updates = config.train.n_sr + (1 if config.mode == "organism" else 0)  # SGD updates of every particle per step
+    shares = {phase: t / total for phase, t in spent.items()}
+    shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    return {
+        "n_particles": model.n_particles,
+        "build_s": build_s,
+        "step_ms": 1e3 * step_s,
+        "steps_per_s": 1.0 / step_s,
+        "particle_updates_per_s": model.n_particles * updates / step_s,
+        "phase_share": shares,
+        "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+
+
+def bench_full_steps(device: torch.device, quick: bool) -> dict[str, dict[str, object]]:
+    """`bench_full_step` for every case (smallest first, so the process's peak memory grows case by case)."""
+    results = {}
+    for name, overrides in FULL_STEP_CASES.items():
+        large = name in LARGE_CASES
+        if large and quick:
+            continue
+        steps = 10 if large else (20 if quick else 100)
+        results[name] = bench_full_step(overrides, device, steps=steps, warmup=1 if large else 10, agents=not large)
+    return results
 
 
 def device_name(device: torch.device) -> str:
@@ -316,15 +407,17 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run(device: torch.device, budget: Budget, cases: tuple[Case, ...]) -> dict:
+def run(device: torch.device, budget: Budget, cases: tuple[Case, ...], quick: bool = False) -> dict:
     """All figures as the JSON document: `device`, `torch`, `organisms` (per case: `task_step_ms`, `sr_step_ms`,
-    `classify_ms`, each by implementation) and `sr_scaling_ns_per_particle` (by bank size; 1e6 only on a GPU)."""
+    `classify_ms`, each by implementation), `sr_scaling_ns_per_particle` (by bank size; 1e6 only on a GPU) and
+    `full_step` (per model: steps/s, particle updates/s, phase shares, peak memory)."""
     scaling = GPU_SCALING_SIZES if device.type == "cuda" else SCALING_SIZES
     return {
         "device": device_name(device),
         "torch": torch.__version__,
         "organisms": {case.name: bench_case(case, device, budget) for case in cases},
         "sr_scaling_ns_per_particle": bench_sr_scaling(scaling, device, budget),
+        "full_step": bench_full_steps(device, quick),
     }
 
 
@@ -347,7 +440,40 @@ def format_table(results: dict) -> str:
     lines += ["", "SR step per particle (k=5, h=5):"]
     for size, ns in results["sr_scaling_ns_per_particle"].items():
         lines.append(f"  P = {int(size):>9,d}: {ns:8.1f} ns/particle")
+    lines += ["", "Whole simulation step (n_sr SR steps + task step + events + classification/logging every 10 steps):"]
+    header = (
+        f"{'model':<24} {'particles':>10} {'ms/step':>9} {'steps/s':>8} {'updates/s':>10} {'peak host':>10}  phases"
+    )
+    lines += [header, "-" * (len(header) + 40)]
+    for name, r in results["full_step"].items():
+        phases = " ".join(f"{p} {share:.0%}" for p, share in r["phase_share"].items() if share >= 0.005)
+        device_mem = f" (device {r['peak_device_mib']:.0f} MiB)" if r["peak_device_mib"] is not None else ""
+        lines.append(
+            f"{name:<24} {r['n_particles']:>10,d} {r['step_ms']:>9.2f} {r['steps_per_s']:>8.1f} "
+            f"{r['particle_updates_per_s']:>10.2e} {r['peak_host_mib']:>6.0f} MiB  {phases}{device_mem}"
+        )
     return "\n".join(lines)
+
+
+def plot_scaling(results: dict, path: Path) -> None:
+    """SR-step time per particle against the bank size, log-log, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(p) for p in results["sr_scaling_ns_per_particle"]]
+    ns = list(results["sr_scaling_ns_per_particle"].values())
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    ax.loglog(sizes, ns, "o-", label=results["device"])
+    ax.set_xlabel("particles P")
+    ax.set_ylabel("SR step time per particle (ns)")
+    ax.set_title("One self-replication SGD step over the bank (k=5, h=5)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 class UsageError(Exception):
@@ -364,6 +490,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats: a whole run in under a minute on a 2-core CPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the SR-step scaling as a PNG to FILE")
     return p
 
 
@@ -380,13 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         device = resolve_device(args.device)
-        if args.json is not None and not args.json.parent.is_dir():
-            raise UsageError(f"--json: directory {args.json.parent} does not exist")
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path is not None and not path.parent.is_dir():
+                raise UsageError(f"{flag}: directory {path.parent} does not exist")
     except UsageError as exc:
         print(f"sim.bench: error: {exc}", file=sys.stderr)
         return 2
-    results = run(device, QUICK if args.quick else FULL, CASES)
+    results = run(device, QUICK if args.quick else FULL, CASES, quick=args.quick)
     print(format_table(results))
+    if args.plot is not None:
+        plot_scaling(results, args.plot)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -62,6 +62,7 @@ class TaskConfig:
     name: str = _f("mnist", choices=TASKS)
     batch_size: int | None = _f(None, lo=1)
     data_dir: str | None = _f(None)
+    image_side: int = _f(15, lo=1, hi=28)  # MNIST images resized to side x side (the paper: 15; 28: no resize)
 
 
 @dataclass

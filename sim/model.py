@@ -61,12 +61,20 @@ class ParticleModel(mesa.Model):
     """A population of particles on a graph: the bank, self-training, population events, classification and record.
 
     `run_dir` given: the model writes `run.h5` and checkpoints there; `resume=True` continues from its checkpoint.
+    `agents=False` skips the Mesa space and agents (for banks of millions of particles); `graph=None` is allowed then,
+    and leaves every particle without neighbours.
     """
 
     mode = "particles"
 
     def __init__(
-        self, config: Config, graph: nx.Graph, run_dir: str | Path | None = None, resume: bool = False
+        self,
+        config: Config,
+        n_particles: int,
+        graph: nx.Graph | None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        agents: bool = True,
     ) -> None:
         super().__init__(seed=config.seed)
         self.config = config
@@ -76,21 +84,27 @@ class ParticleModel(mesa.Model):
         p = config.particle
         self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
         self.graph = graph
-        n_particles = graph.number_of_nodes()
         self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
         self.weights.requires_grad_(True)
         self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
-        self.indptr, self.indices = neighbour_csr(graph, self.device)
+        if graph is not None:
+            self.indptr, self.indices = neighbour_csr(graph, self.device)
+        else:
+            self.indptr = torch.zeros(n_particles + 1, dtype=torch.int64, device=self.device)
+            self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
 
-        self.grid = Network(graph, capacity=1, random=self.random)
-        for index in range(n_particles):
-            ParticleAgent(self, index, self.grid[index])
+        if agents:
+            if graph is None:
+                raise ValueError("a model with agents needs its particle graph")
+            self.grid = Network(graph, capacity=1, random=self.random)
+            for index in range(n_particles):
+                ParticleAgent(self, index, self.grid[index])
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.record: RecordWriter | None = None
@@ -120,7 +134,7 @@ class ParticleModel(mesa.Model):
 
     def _topology(self) -> dict[str, np.ndarray]:
         n = self.n_particles
-        edges = np.array(self.graph.edges(), dtype=np.int64).reshape(-1, 2)
+        edges = np.array(self.graph.edges() if self.graph is not None else [], dtype=np.int64).reshape(-1, 2)
         return {"layer": np.full(n, -1), "source": np.full(n, -1), "target": np.full(n, -1), "edges": edges}
 
     def _extra_attrs(self) -> dict[str, Any]:
@@ -156,10 +170,7 @@ class ParticleModel(mesa.Model):
             mean_sr = self._self_train()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
-        events = population_events(
-            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
-            mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
-        )  # fmt: skip
+        events = self._events()
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
                                  time.perf_counter() - started)  # fmt: skip
@@ -171,6 +182,13 @@ class ParticleModel(mesa.Model):
             self._snapshot(step)
         if last:
             self.running = False
+
+    def _events(self) -> torch.Tensor:
+        """The population events of this step (DESIGN 1.6), applied to the bank; rows `[E, 3]`."""
+        return population_events(
+            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
+            mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
+        )  # fmt: skip
 
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
@@ -261,16 +279,23 @@ class OrganismModel(ParticleModel):
 
     mode = "organism"
 
-    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False) -> None:
+    def __init__(
+        self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
+    ) -> None:
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
-        self.task = make_task(config.task.name, config.seed, device, dtype, config.task.data_dir)
+        t = config.task
+        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
         o, p = config.organism, config.particle
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
         self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,
                                  o.activation)  # fmt: skip
-        self.neurons = organism_graph(self.sizes)
-        super().__init__(config, particle_graph(self.neurons, config.events.neighbourhood), run_dir, resume)
+        # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
+        # line graph), so a model without either builds neither
+        needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)
+        self.neurons = organism_graph(self.sizes) if needed else None
+        graph = particle_graph(self.neurons, config.events.neighbourhood) if needed else None
+        super().__init__(config, self.organism.n_particles, graph, run_dir, resume, agents)
 
     def _gate_threshold(self) -> float:
         return self.config.train.task_first_threshold

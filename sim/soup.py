@@ -18,5 +18,8 @@ class SoupModel(ParticleModel):
 
     mode = "soup"
 
-    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False) -> None:
-        super().__init__(config, soup_graph(config.soup.size, config.soup.degree, config.seed), run_dir, resume)
+    def __init__(
+        self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
+    ) -> None:
+        graph = soup_graph(config.soup.size, config.soup.degree, config.seed)
+        super().__init__(config, config.soup.size, graph, run_dir, resume, agents)

