@@ -72,7 +72,7 @@ def test_json_has_exactly_the_documented_shape(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"device", "torch", "organisms", "sr_scaling_ns_per_particle"}
+    assert set(results) == {"device", "torch", "organisms", "sr_scaling_ns_per_particle", "full_step"}
     assert results["device"].startswith("cpu") and results["torch"] == torch.__version__
     assert set(results["organisms"]) == {"mnist", "arithmetic"}
     for figures in results["organisms"].values():
@@ -82,6 +82,12 @@ def test_json_has_exactly_the_documented_shape(tmp_path, monkeypatch, capsys):
         assert all(value > 0 for times in figures.values() for value in times.values())
     assert set(results["sr_scaling_ns_per_particle"]) == {"1000", "10000", "100000"}
     assert all(value > 0 for value in results["sr_scaling_ns_per_particle"].values())
+    assert set(results["full_step"]) == {"arithmetic", "mnist"}  # --quick leaves out the large models
+    for figures in results["full_step"].values():
+        assert figures["steps_per_s"] == pytest.approx(1e3 / figures["step_ms"])
+        assert sum(figures["phase_share"].values()) == pytest.approx(1.0, abs=0.02)
+        assert figures["phase_share"]["sr"] > 0 and figures["phase_share"]["task"] > 0
+    assert results["full_step"]["mnist"]["n_particles"] == 1200
     table = capsys.readouterr().out
     assert "mnist" in table and "arithmetic" in table and "P =   100,000" in table
 
