@@ -134,7 +134,8 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)}
+# the names of the config's sections (`train`, `events`, ...), the first part of a `section.key`
+SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
 # Task-dependent defaults: the paper's MNIST organism and arithmetic organism.
 TASK_DEFAULTS = {

@@ -130,6 +130,11 @@ def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
     return model_class(config, run_dir=run_dir, resume=resume)
 
 
+def write_config(config: Config, run_dir: Path) -> None:
+    """The resolved config beside the record, as `config.yaml` (what `--config` reads back)."""
+    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
 def _postfix(model: ParticleModel) -> dict[str, str]:
     s = model.summary
     if not s:
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sim.run: error: {exc}", file=sys.stderr)
         return 2
     if not args.resume:
-        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_config(config, run_dir)
     try:
         elapsed = simulate(model, args.quiet)
     except KeyboardInterrupt:
