@@ -15,7 +15,7 @@ def _run(root: Path, name: str, *args: str) -> Path:
 
 @pytest.fixture(scope="session")
 def arithmetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An arithmetic organism (18 particles) trained long enough for self-replicators to appear, 11 snapshots."""
+    """An arithmetic organism (18 particles) trained long enough for self-replicators to appear, 10 snapshots."""
     root = tmp_path_factory.mktemp("runs")
     return _run(root, "arithmetic", "--task", "arithmetic", "--steps", "1000", "--set", "record.snapshot_every=100")
 

@@ -1,0 +1,278 @@
+"""`python -m analysis.robustness RUN_DIR`: how robust the final self-replicators are to noise.
+
+The noise experiment of the self-replication literature, on the particles that are self-replicators at the end of the
+run (`Run.final_kinds` of the checkpoint's weights): a copy of each gets uniform noise in [-s, s] on every weight, for
+s = 10^-e with e in `--noise-exponents` (default 1..9), plus a noise-free control (s = 0: the trained fixpoints are
+exact only up to the classification tolerance, so even they may drift away); then the copy applies itself to itself
+repeatedly (`sim.particles.self_apply`: its self-application output replaces its weights), up to `--max-steps` times.
+After every step `sim.particles.classify` gives its kind. Each particle gets `--repeats` independent noise draws, and
+every particle, repeat and noise level runs in one batch (a bank `[levels * n_sr * repeats, n]`), in float64 so that
+noise down to 1e-9 is not rounded away.
+
+Per copy, with s_0 the noisy copy and s_t its t-th self-application:
+- steps as self-replicator: the first t at which s_t is not a self-replicator (`--max-steps` if none is);
+- steps to vergence: the first t at which s_t is zero or divergent (none if it never is within `--max-steps`); a copy
+  that has verged is frozen (both kinds are absorbing);
+- end kind: its kind at the end.
+Figure `robustness.png`: box plots of both step counts per noise level, and the end kinds per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from analysis.common import (
+    KIND_COLORS,
+    KIND_LABELS,
+    AnalysisError,
+    Result,
+    Run,
+    UsageError,
+    kind_legend_handles,
+    new_figure,
+    run_parser,
+    run_script,
+    save_figure,
+)
+from sim.particles import DIVERGENT, KIND_NAMES, SELF_REPLICATOR, ZERO, ParticleSpec, classify, self_apply
+
+DEFAULT_EXPONENTS = tuple(range(1, 10))
+DEFAULT_REPEATS = 5
+DEFAULT_MAX_STEPS = 1000
+DEFAULT_NOISE_SEED = 0
+
+
+@dataclass
+class Outcome:
+    """What became of every noisy copy, arrays `[N]` aligned with the bank it started from."""
+
+    sr_steps: np.ndarray  # int: first step at which it is not a self-replicator (max_steps if never)
+    stayed_sr: np.ndarray  # bool: a self-replicator at every step 0..max_steps
+    vergence_steps: np.ndarray  # float: first step at which it is zero or divergent, NaN if never
+    end_kind: np.ndarray  # int: kind code at the end (at vergence for those that verged)
+
+    def part(self, rows: slice) -> Outcome:
+        """The outcome of the copies `rows`."""
+        return Outcome(self.sr_steps[rows], self.stayed_sr[rows], self.vergence_steps[rows], self.end_kind[rows])
+
+
+@torch.no_grad()
+def iterate_self_application(start: torch.Tensor, spec: ParticleSpec, max_steps: int) -> Outcome:
+    """Apply every particle of `start [N, n]` to itself up to `max_steps` times and track its kind (module doc).
+
+    Only copies that have not yet verged are updated; the loop ends early once every copy has verged.
+    """
+    weights = start.clone()  # [N, n]
+    N = len(weights)
+    kind = classify(weights, spec).long()  # [N]
+    sr_steps = torch.full((N,), -1, dtype=torch.long)
+    vergence = torch.full((N,), -1, dtype=torch.long)
+    for t in range(max_steps + 1):
+        if t > 0:
+            live = torch.nonzero(vergence < 0).squeeze(1)  # [N_live]
+            weights[live] = self_apply(weights[live], spec)
+            kind[live] = classify(weights[live], spec).long()
+        sr_steps[(kind != SELF_REPLICATOR) & (sr_steps < 0)] = t
+        vergence[((kind == ZERO) | (kind == DIVERGENT)) & (vergence < 0)] = t
+        if bool((vergence >= 0).all()):
+            break
+    stayed = sr_steps < 0
+    sr_steps[stayed] = max_steps
+    verged = vergence.double()
+    verged[vergence < 0] = float("nan")
+    return Outcome(sr_steps.numpy(), stayed.numpy(), verged.numpy(), kind.numpy())
+
+
+def noisy_copies(
+    replicators: torch.Tensor, levels: list[float], repeats: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`repeats` copies of every particle of `replicators [R, n]` per noise level, each weight plus uniform noise in
+    [-s, s]: `[L * repeats * R, n]`, ordered by level, then repeat, then particle."""
+    bank = replicators.repeat(len(levels) * repeats, 1)  # [L * repeats * R, n]
+    scale = torch.tensor(levels, dtype=bank.dtype).repeat_interleave(repeats * len(replicators)).unsqueeze(1)
+    noise = 2.0 * torch.rand(bank.shape, generator=generator, dtype=bank.dtype) - 1.0
+    return bank + noise * scale
+
+
+def _quartiles(values: np.ndarray) -> dict[str, float] | None:
+    if not len(values):
+        return None
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "min": float(values.min()),
+            "max": float(values.max()), "mean": float(values.mean())}  # fmt: skip
+
+
+def summarise(outcome: Outcome, noise: float) -> dict[str, Any]:
+    """Numbers of one noise level: quartiles of both step counts, and the fractions that verged, stayed a
+    self-replicator throughout, and end as each kind."""
+    verged = np.isfinite(outcome.vergence_steps)
+    end = np.bincount(outcome.end_kind, minlength=len(KIND_NAMES)) / len(outcome.end_kind)
+    return {
+        "noise": noise,
+        "n": len(outcome.sr_steps),
+        "sr_steps": _quartiles(outcome.sr_steps),
+        "stayed_sr_fraction": float(outcome.stayed_sr.mean()),
+        "verged_fraction": float(verged.mean()),
+        "vergence_steps": _quartiles(outcome.vergence_steps[verged]),
+        "end_fraction": dict(zip(KIND_NAMES, end.tolist())),
+    }
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """UsageError for option values out of range."""
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    bad = [e for e in args.noise_exponents if not 0 <= e <= 30]
+    if bad:
+        raise UsageError(f"--noise-exponents must lie in 0..30 (noise 10^-e), got {bad[0]}")
+
+
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+    """The noise experiment on the final self-replicators; the box-plot figure into `out_dir`."""
+    check_options(args)
+    weights, step, source = run.final_weights()
+    ids = np.flatnonzero(run.final_kinds() == SELF_REPLICATOR)
+    if not len(ids):
+        raise AnalysisError(f"{str(run.run_dir)!r} has no self-replicators at step {step}: the robustness experiment "
+                            f"needs at least one")  # fmt: skip
+    # noise-free control first, then growing noise
+    levels = [0.0, *sorted({10.0**-e for e in args.noise_exponents})]
+    replicators = weights[torch.as_tensor(ids)].double()  # [R, n]
+    generator = torch.Generator().manual_seed(args.noise_seed)
+    bank = noisy_copies(replicators, levels, args.repeats, generator)
+    outcome = iterate_self_application(bank, run.spec, args.max_steps)
+    per_level = len(ids) * args.repeats
+    results = [outcome.part(slice(i * per_level, (i + 1) * per_level)) for i in range(len(levels))]
+    numbers = {
+        "final_step": step,
+        "weights_source": source,
+        "n_self_replicators": len(ids),
+        "repeats": args.repeats,
+        "max_steps": args.max_steps,
+        "noise_seed": args.noise_seed,
+        "noise": "uniform in [-s, s] on every weight, float64",
+        "levels": {_level_key(level): summarise(result, level) for result, level in zip(results, levels)},
+    }
+    return Result(numbers, [_figure(run, numbers, results, out_dir / "robustness.png")])
+
+
+# --- figures -----------------------------------------------------------------------------------------------------
+
+
+def _level_key(noise: float) -> str:
+    """The key of a noise level in the numbers: "0" for the control, else "1e-E"."""
+    return "0" if noise == 0 else f"1e-{round(-np.log10(noise))}"
+
+
+def _level_label(noise: float) -> str:
+    return "0\n(control)" if noise == 0 else _level_key(noise)
+
+
+def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Path) -> Path:
+    levels = [entry["noise"] for entry in numbers["levels"].values()]
+    labels = [_level_label(s) for s in levels]
+    x = np.arange(1, len(levels) + 1)
+    cap = numbers["max_steps"]
+    fig, axes = new_figure(3, width=5.2, height=4.4)
+    box = {"widths": 0.6, "patch_artist": True, "medianprops": {"color": "black"},
+           "flierprops": {"markersize": 3, "alpha": 0.5}}  # fmt: skip
+
+    ax = axes[0, 0]
+    parts = ax.boxplot([r.sr_steps for r in results], positions=x, **box)
+    for patch in parts["boxes"]:
+        patch.set_facecolor(KIND_COLORS["self_replicator"])
+        patch.set_alpha(0.6)
+    stayed = [e["stayed_sr_fraction"] for e in numbers["levels"].values()]
+    if any(stayed):
+        ax.axhline(cap, color="black", ls=":", lw=1, label=f"cap ({cap} steps)")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_ylabel("self-applications until not a self-replicator")
+    ax.set_title("Time as a self-replicator")
+
+    ax = axes[0, 1]
+    verged = [r.vergence_steps[np.isfinite(r.vergence_steps)] for r in results]
+    shown = [v if len(v) else np.array([np.nan]) for v in verged]
+    parts = ax.boxplot(shown, positions=x, **box)
+    for patch in parts["boxes"]:
+        patch.set_facecolor(KIND_COLORS["zero"])
+        patch.set_alpha(0.6)
+    top = max([float(v.max()) for v in verged if len(v)], default=1.0)
+    if not any(len(v) for v in verged):
+        ax.text(0.5, 0.5, f"no copy became zero or divergent\nwithin {cap} self-applications", ha="center",
+                va="center", transform=ax.transAxes)  # fmt: skip
+    ax.set_ylim(-0.5, top * 1.18 + 1)
+    for xi, entry in zip(x, numbers["levels"].values()):
+        ax.annotate(f"{entry['verged_fraction']:.0%}", (xi, top * 1.06 + 0.5), ha="center", fontsize=7)
+    ax.set_ylabel("self-applications until zero or divergent")
+    ax.set_title(f"Time to vergence (labels: share that verged within {cap})", fontsize=10)
+
+    ax = axes[0, 2]
+    bottom = np.zeros(len(levels))
+    present = [k for k in KIND_NAMES if any(e["end_fraction"][k] > 0 for e in numbers["levels"].values())]
+    for kind in present:
+        share = np.array([e["end_fraction"][kind] for e in numbers["levels"].values()])
+        ax.bar(x, share, bottom=bottom, color=KIND_COLORS[kind], width=0.7)
+        bottom += share
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of noisy copies")
+    ax.set_title("Kind at the end")
+    ax.legend(handles=kind_legend_handles(present), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=2)  # fmt: skip
+    for ax in axes[0, :2]:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[0]:
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlabel("noise scale s (uniform in [-s, s])")
+    fig.suptitle(f"{run.name}: noise robustness of the {numbers['n_self_replicators']} final "
+                 f"{KIND_LABELS['self_replicator']}s (step {numbers['final_step']}), {numbers['repeats']} noisy "
+                 f"copies each, self-applied up to {cap} times")  # fmt: skip
+    return save_figure(fig, path)
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The robustness options (also taken by analysis.report)."""
+    p.add_argument(
+        "--noise-exponents",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_EXPONENTS),
+        metavar="E",
+        help="noise scales 10^-E (default 1 2 ... 9); a noise-free control is always added",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=DEFAULT_REPEATS,
+        help=f"noisy copies of every self-replicator per noise scale (default {DEFAULT_REPEATS})",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=DEFAULT_MAX_STEPS,
+        help=f"most self-applications per copy (default {DEFAULT_MAX_STEPS})",
+    )
+    p.add_argument("--noise-seed", type=int, default=DEFAULT_NOISE_SEED,
+                   help=f"seed of the noise draws (default {DEFAULT_NOISE_SEED})")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = run_parser("python -m analysis.robustness", "Noise robustness of the final self-replicators.")
+    add_options(p)
+    return run_script("analysis.robustness", p, analyse, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""`python -m analysis.trajectories RUN_DIR`: particle weight trajectories over the run, in principal components.
+
+Reads the weight snapshots `/snapshots/weights [S, P, n]` and, per layer of an organism (or for the whole soup), fits
+a PCA (numpy SVD of the centred rows of all snapshots of that layer's particles) and draws every particle's path
+through the snapshots in the first two and the first three components, coloured by the particle's final kind:
+`trajectories_2d.png` and `trajectories_3d.png`. The PCA uses every particle with finite weights in every snapshot
+(divergent ones are left out and counted); to stay readable, at most `--max-lines` particles of each kind are drawn
+per panel (a fixed random subset, stated in the panel title). Snapshots start at the first `snapshot_every` step: the
+initial weights are not in the record.
+
+Numbers: explained variance ratios of the leading components per layer, and the mean path length in weight space
+(summed distance between consecutive snapshots) per final kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.lines import Line2D
+from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+from analysis.common import (
+    KIND_COLORS,
+    KIND_LABELS,
+    Result,
+    Run,
+    UsageError,
+    kind_legend_handles,
+    new_figure,
+    run_parser,
+    run_script,
+    save_figure,
+)
+from analysis.connectivity import DRAW_ORDER
+
+DEFAULT_MAX_LINES = 150  # particles of each kind drawn per panel
+N_RATIOS = 10  # explained variance ratios reported per layer
+SUBSET_SEED = 0  # the drawn subset is fixed, so reruns draw the same particles
+
+
+def pca(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of `rows [N, n]` by SVD: the mean `[n]`, the components `[c, n]` (unit rows, largest variance first) and
+    the explained variance ratio of each `[c]` (zeros when the rows do not vary at all)."""
+    X = rows.astype(np.float64)
+    mean = X.mean(axis=0)
+    _, singular, components = np.linalg.svd(X - mean, full_matrices=False)
+    variance = singular**2
+    total = variance.sum()
+    return mean, components, variance / total if total > 0 else np.zeros_like(variance)
+
+
+def path_lengths(trajectory: np.ndarray) -> np.ndarray:
+    """Summed Euclidean distance between consecutive snapshots of every particle: `[S, P, n]` -> `[P]`."""
+    return np.linalg.norm(np.diff(trajectory.astype(np.float64), axis=0), axis=2).sum(axis=0)
+
+
+def groups(run: Run) -> list[tuple[int | None, np.ndarray]]:
+    """(layer, particle ids) of every PCA panel: one per layer of an organism, one (layer None) for a soup."""
+    if run.is_organism:
+        return [(int(layer), np.flatnonzero(run.layers == layer)) for layer in np.unique(run.layers)]
+    return [(None, np.arange(run.n_particles))]
+
+
+def subset(ids: np.ndarray, kinds: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `cap` of the particles `ids` of every kind (`kinds` aligned with `ids`), sorted."""
+    keep = []
+    for code in np.unique(kinds):
+        mine = ids[kinds == code]
+        keep.append(mine if len(mine) <= cap else rng.choice(mine, cap, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else ids[:0]
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """UsageError for option values out of range."""
+    if args.max_lines < 1:
+        raise UsageError(f"--max-lines must be at least 1, got {args.max_lines}")
+
+
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+    """PCA trajectories per layer in 2-D and 3-D, explained variance and path lengths; figures into `out_dir`."""
+    check_options(args)
+    run.require_rows("snapshots", 2, "weight trajectories")
+    snapshots = run.snapshots()  # [S, P, n]
+    kinds = run.final_kinds()  # [P]
+    names = run.kind_names
+    rng = np.random.default_rng(SUBSET_SEED)
+    finite = np.isfinite(snapshots).all(axis=(0, 2))  # [P]
+    lengths = np.full(run.n_particles, np.nan)
+    lengths[finite] = path_lengths(snapshots[:, finite])
+
+    panels = []
+    for layer, ids in groups(run):
+        kept = ids[finite[ids]]
+        if len(kept):
+            mean, components, ratio = pca(snapshots[:, kept].reshape(-1, snapshots.shape[2]))
+            projected = (snapshots[:, kept].astype(np.float64) - mean) @ components[:3].T  # [S, P_g, <=3]
+        else:  # every particle of the layer diverged at some snapshot: nothing to fit
+            ratio, projected = np.zeros(0), np.zeros((len(snapshots), 0, 3))
+        if projected.shape[2] < 3:  # fewer rows than components: pad with flat axes
+            projected = np.pad(projected, ((0, 0), (0, 0), (0, 3 - projected.shape[2])))
+        drawn = subset(np.arange(len(kept)), kinds[kept], args.max_lines, rng)  # positions into `kept`
+        panels.append({"layer": layer, "ids": kept, "n_particles": len(ids), "projected": projected[:, drawn],
+                       "drawn_kinds": kinds[kept][drawn], "ratio": ratio})  # fmt: skip
+    numbers: dict[str, Any] = {
+        "snapshot_steps": run.snapshot_steps,
+        "n_snapshots": len(run.snapshot_steps),
+        "max_lines": args.max_lines,
+        "layers": {
+            "all" if p["layer"] is None else str(p["layer"]): {
+                "n_particles": p["n_particles"],
+                "n_nonfinite": p["n_particles"] - len(p["ids"]),
+                "n_drawn": p["projected"].shape[1],
+                "explained_variance_ratio": p["ratio"][:N_RATIOS],
+                "explained_variance_2d": float(p["ratio"][:2].sum()),
+                "explained_variance_3d": float(p["ratio"][:3].sum()),
+            }
+            for p in panels
+        },
+        "path_length": {
+            names[code]: float(lengths[(kinds == code) & finite].mean())
+            for code in np.unique(kinds)
+            if ((kinds == code) & finite).any()
+        },
+    }
+    # how far each particle moves per step between consecutive snapshots: shows when particles settle, which the
+    # PCA cannot once the spread between particles dwarfs each particle's own path
+    speed = np.linalg.norm(np.diff(snapshots.astype(np.float64), axis=0), axis=2) / np.diff(run.snapshot_steps)[:, None]
+    numbers["movement_per_step_last"] = {
+        names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
+        for code in np.unique(kinds)
+        if ((kinds == code) & finite).any()
+    }
+    present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]
+    figures = [
+        _figure(run, panels, present, 2, out_dir / "trajectories_2d.png"),
+        _figure(run, panels, present, 3, out_dir / "trajectories_3d.png"),
+        _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
+    ]
+    return Result(numbers, figures)
+
+
+# --- figures -----------------------------------------------------------------------------------------------------
+
+
+def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], dims: int, path: Path) -> Path:
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    kwargs = {"subplot_kw": {"projection": "3d"}} if dims == 3 else {}
+    # a single panel (a soup) still gets room for the title and the legend
+    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=4.6 if cols > 1 else 6.0, rows=rows, **kwargs)
+    names = run.kind_names
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        panel = panels[i]
+        points = panel["projected"][:, :, :dims]  # [S, D, dims]
+        many = points.shape[1] > 100
+        for name in DRAW_ORDER:  # rare kinds last, on top
+            mine = np.array([names[k] == name for k in panel["drawn_kinds"]], dtype=bool)
+            if not mine.any():
+                continue
+            paths = points[:, mine].transpose(1, 0, 2)  # [D_k, S, dims]
+            color = KIND_COLORS[name]
+            style = {"colors": color, "linewidths": 0.5 if many else 1.0, "alpha": 0.35 if many else 0.8}
+            ax.add_collection(Line3DCollection(paths, **style) if dims == 3 else LineCollection(paths, **style))
+            start, end = paths[:, 0].T, paths[:, -1].T
+            ax.scatter(*start, s=8, facecolors="none", edgecolors=color, linewidths=0.6, alpha=0.6)
+            ax.scatter(*end, s=10 if many else 18, color=color, edgecolors="black", linewidths=0.3)
+        _limits(ax, points)
+        ratio = panel["ratio"]
+        labels = [f"PC{j + 1} ({ratio[j]:.1%})" if j < len(ratio) else f"PC{j + 1}" for j in range(dims)]
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        if dims == 3:
+            ax.set_zlabel(labels[2])
+        where = "all particles" if panel["layer"] is None else _layer_name(run, panel["layer"])
+        shown = f", {points.shape[1]} drawn" if points.shape[1] < len(panel["ids"]) else ""
+        left_out = panel["n_particles"] - len(panel["ids"])
+        dropped = f", {left_out} non-finite left out" if left_out else ""
+        ax.set_title(f"{where}: {len(panel['ids'])} particles{shown}{dropped}", fontsize=9)
+    steps = run.snapshot_steps
+    handles = kind_legend_handles(present) + [
+        Line2D([], [], ls="", marker="o", mfc="none", mec="black", label=f"first snapshot (step {steps[0]})"),
+        Line2D([], [], ls="", marker="o", color="black", label=f"last snapshot (step {steps[-1]})"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) if cols > 1 else 2, fontsize=8)
+    scope = "per layer" if run.is_organism else "of all particles"
+    fig.suptitle(f"{run.name}: particle weights over {len(steps)} snapshots,\nPCA {scope} ({dims}-D), coloured by "
+                 f"final kind")  # fmt: skip
+    return save_figure(fig, path)
+
+
+def _movement_figure(
+    run: Run, panels: list[dict[str, Any]], speed: np.ndarray, kinds: np.ndarray, present: list[str], path: Path
+) -> Path:
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=3.8 if cols > 1 else 5.0, rows=rows)
+    names = np.array(run.kind_names)
+    steps = run.snapshot_steps[1:]
+    positive = speed[np.isfinite(speed) & (speed > 0)]
+    floor = positive.min() / 10 if len(positive) else 1e-30  # a particle that did not move at all sits here
+    rng = np.random.default_rng(SUBSET_SEED)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        ids = panels[i]["ids"]
+        for name in [k for k in DRAW_ORDER if k in present]:
+            mine = ids[names[kinds[ids]] == name]
+            if not len(mine):
+                continue
+            color = KIND_COLORS[name]
+            drawn = subset(mine, kinds[mine], DEFAULT_MAX_LINES, rng)
+            ax.plot(steps, np.maximum(speed[:, drawn], floor), color=color, lw=0.4, alpha=0.25)
+            ax.plot(steps, np.maximum(np.median(speed[:, mine], axis=1), floor), color=color, lw=2.2,
+                    label=f"{KIND_LABELS[name]}: median of {len(mine)}")  # fmt: skip
+        if (speed[:, ids] == 0).any():
+            ax.axhline(floor, color="black", ls=":", lw=1, label="did not move at all")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("distance moved per step")
+        where = "all particles" if panels[i]["layer"] is None else _layer_name(run, panels[i]["layer"])
+        ax.set_title(where, fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{run.name}: how fast the particles' weights move, coloured by final kind\n(Euclidean distance "
+                 f"between consecutive snapshots per step; thin: single particles, thick: median)")  # fmt: skip
+    return save_figure(fig, path)
+
+
+def _layer_name(run: Run, layer: int) -> str:
+    return f"layer {layer} ({run.sizes[layer]} → {run.sizes[layer + 1]})"
+
+
+def _limits(ax: Any, points: np.ndarray) -> None:
+    """Axis limits around every drawn point, with a margin (collections do not update 3-D limits)."""
+    if points.size == 0:
+        return
+    low, high = points.min(axis=(0, 1)), points.max(axis=(0, 1))
+    pad = np.maximum((high - low) * 0.05, 1e-12)
+    setters = [ax.set_xlim, ax.set_ylim] + ([ax.set_zlim] if points.shape[2] == 3 else [])
+    for setter, lo, hi, p in zip(setters, low, high, pad):
+        setter(lo - p, hi + p)
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The trajectories options (also taken by analysis.report)."""
+    p.add_argument("--max-lines", type=int, default=DEFAULT_MAX_LINES,
+                   help=f"most particles of each kind drawn per panel (default {DEFAULT_MAX_LINES})")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = run_parser("python -m analysis.trajectories", "PCA of the particles' weight trajectories, per layer.")
+    add_options(p)
+    return run_script("analysis.trajectories", p, analyse, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
