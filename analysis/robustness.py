@@ -214,7 +214,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     for xi, entry in zip(x, numbers["levels"].values()):
         ax.annotate(f"{entry['verged_fraction']:.0%}", (xi, top * 1.06 + 0.5), ha="center", fontsize=7)
     ax.set_ylabel("self-applications until zero or divergent")
-    ax.set_title(f"Time to vergence (labels: share that verged within {cap})", fontsize=10)
+    ax.set_title(f"Time to zero or divergent (labels: share that got there within {cap})", fontsize=10)
 
     ax = axes[0, 2]
     bottom = np.zeros(len(levels))
