@@ -1,0 +1,391 @@
+"""What every analysis script shares: loading a run from its record, task contributions, figure style, and the CLI.
+
+A `Run` is read from the HDF5 record alone (SWMR, so a run that is still being written reads consistently: every group
+is cut to the rows all its datasets hold) plus the checkpoint the record names. Nothing here re-runs training.
+
+Every analysis script is a module `analysis/NAME.py` with `analyse(run, out_dir, args) -> Result`, `add_options(parser)`
+and `main(argv=None) -> int` built from `run_parser` and `run_script`; `analysis.report` runs them all by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sim.config import Config, ConfigError, from_dict  # noqa: E402
+from sim.organism import Organism  # noqa: E402
+from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
+from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group  # noqa: E402
+from sim.tasks import DataError, Task, make_task  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# one colour per kind, the same in every figure
+KIND_COLORS = {
+    "divergent": "#d62728",
+    "zero": "#9e9e9e",
+    "self_replicator": "#1f77b4",
+    "self_replicator_2nd": "#17becf",
+    "other": "#ff7f0e",
+}
+KIND_LABELS = {
+    "divergent": "divergent",
+    "zero": "zero",
+    "self_replicator": "self-replicator",
+    "self_replicator_2nd": "2nd-order self-replicator",
+    "other": "other",
+}
+# A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
+# carries (relative contribution, see `Contributions`); the report explains the choice.
+PURE_THRESHOLD = 0.01
+FIGURE_DPI = 110
+
+
+class AnalysisError(Exception):
+    """A run that lacks the data an analysis needs; the message says which data and why."""
+
+
+class UsageError(Exception):
+    """Bad command-line input."""
+
+
+@dataclass
+class Run:
+    """One run directory, read from its record: attributes, config, the growing groups and the topology.
+
+    Per-particle arrays follow the particle ids of the record. `final_weights` comes from the checkpoint the record
+    names when it exists (exact), else from the last weight snapshot (float32).
+    """
+
+    run_dir: Path
+    attrs: dict[str, Any]
+    config: Config
+    steps: dict[str, np.ndarray]  # /steps, one row per step
+    particles: dict[str, np.ndarray]  # /particles: step [T], held_out_metric [T], kind_counts [T, K], kind [T, P], ...
+    snapshot_steps: np.ndarray  # [S]
+    topology: dict[str, np.ndarray]  # layer, source, target [P]; edges [E, 2]
+    _weights: tuple[torch.Tensor, int, str] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def mode(self) -> str:
+        return str(self.attrs.get("mode", "organism"))
+
+    @property
+    def is_organism(self) -> bool:
+        return self.mode == "organism"
+
+    @property
+    def kind_names(self) -> list[str]:
+        return list(self.attrs.get("kind_names", KIND_NAMES))
+
+    @property
+    def metric_name(self) -> str:
+        return str(self.attrs.get("metric_name", "none"))
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(self.attrs.get("layer_sizes") or [])
+
+    @property
+    def spec(self) -> ParticleSpec:
+        p = self.config.particle
+        return ParticleSpec(p.weight_interface, p.hidden, p.activation)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.config.dtype]
+
+    @property
+    def n_particles(self) -> int:
+        return len(self.topology["layer"])
+
+    @property
+    def layers(self) -> np.ndarray:
+        """Layer of every particle `[P]` (-1 for soups)."""
+        return self.topology["layer"]
+
+    def require_organism(self, what: str) -> None:
+        """AnalysisError unless this is an organism run with a task."""
+        if not self.is_organism or not self.sizes:
+            raise AnalysisError(f"{str(self.run_dir)!r} is a {self.mode} run: {what} needs an organism with a task")
+
+    def require_rows(self, group: str, minimum: int, what: str) -> None:
+        """AnalysisError unless the record's `group` holds at least `minimum` rows."""
+        have = {"steps": len(self.steps["step"]), "particles": len(self.particles["step"]),
+                "snapshots": len(self.snapshot_steps)}[group]  # fmt: skip
+        if have < minimum:
+            raise AnalysisError(
+                f"{str(self.run_dir)!r} has {have} /{group} rows so far; {what} needs at least {minimum}"
+            )
+
+    def final_weights(self) -> tuple[torch.Tensor, int, str]:
+        """The final particle bank `[P, n]` in the run's dtype, its step, and where it came from."""
+        if self._weights is None:
+            checkpoint = self.run_dir / str(self.attrs.get("checkpoint", "checkpoint.pt"))
+            if checkpoint.is_file():
+                state = load_checkpoint(checkpoint)
+                try:
+                    weights, step = state["weights"], int(state["step"])
+                except (KeyError, TypeError) as exc:
+                    raise RecordError(f"checkpoint {str(checkpoint)!r} lacks the weights ({exc})") from None
+                self._weights = (weights.to(self.dtype), step, "checkpoint")
+            else:
+                self.require_rows("snapshots", 1, "the final weights (no checkpoint either)")
+                weights = self.snapshots()[-1]
+                self._weights = (torch.as_tensor(weights).to(self.dtype), int(self.snapshot_steps[-1]), "snapshot")
+            if self._weights[0].shape != (self.n_particles, self.spec.n_weights):
+                raise RecordError(
+                    f"{str(self.run_dir)!r}: final weights have shape {tuple(self._weights[0].shape)}, the record "
+                    f"describes {self.n_particles} particles of {self.spec.n_weights} weights"
+                )
+        return self._weights
+
+    def snapshots(self) -> np.ndarray:
+        """Every weight snapshot read at load time, `[S, P, n]` float32 (read on demand: it is the large dataset)."""
+        with open_record(self.run_dir) as f:
+            try:
+                return f["snapshots/weights"][: len(self.snapshot_steps)]
+            except (OSError, KeyError) as exc:
+                raise RecordError(f"{str(self.run_dir)!r}: cannot read /snapshots/weights ({exc})") from None
+
+    @cached_property
+    def task(self) -> Task:
+        """The run's task on the CPU, with the same held-out split as in training."""
+        self.require_organism("the task")
+        try:
+            t = self.config.task
+            return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side)
+        except DataError as exc:
+            raise AnalysisError(f"cannot rebuild the task of {str(self.run_dir)!r}: {exc}") from None
+
+    @cached_property
+    def organism(self) -> Organism:
+        self.require_organism("the organism")
+        o = self.config.organism
+        return Organism(self.sizes, self.spec, o.residual, o.activation)
+
+    @torch.no_grad()
+    def held_out(self, weights: torch.Tensor) -> float:
+        """The task metric of the organism with bank `weights [P, n]` on the held-out set."""
+        output = self.organism.forward(weights, self.task.test_x)
+        return float(self.task.metric(output, self.task.test_y))
+
+    def final_kinds(self) -> np.ndarray:
+        """Kind code of every particle at the final weights' step `[P]`: the record's row for that step if it holds
+        one, else a classification of the final weights."""
+        weights, step, _ = self.final_weights()
+        rows = np.flatnonzero(self.particles["step"] == step)
+        if len(rows):
+            return self.particles["kind"][rows[-1]].astype(np.int64)
+        return classify(weights, self.spec).numpy().astype(np.int64)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory (or its `run.h5`); RecordError if it is not a readable record of a known schema."""
+    path = Path(run_dir)
+    with open_record(path) as f:
+        try:
+            attrs = read_attrs(f)
+            config = from_dict(attrs["config"])
+            steps = read_group(f, "steps")
+            particles = read_group(f, "particles")
+            snapshot_steps = f["snapshots/step"][: group_length(f, "snapshots")]
+            topology = {name: d[()] for name, d in f["topology"].items()}
+        except (OSError, KeyError, ValueError, TypeError, ConfigError) as exc:
+            kind = type(exc).__name__
+            raise RecordError(f"{str(path)!r} is a corrupt or incomplete record ({kind}: {exc})") from None
+    return Run(path if path.is_dir() else path.parent, attrs, config, steps, particles, snapshot_steps, topology)
+
+
+@dataclass
+class Contributions:
+    """Task contribution of every particle on the held-out set (DESIGN 1.5), arrays `[P]`.
+
+    `absolute` is the mean |carried value| (for linear particles |effective weight x input value|); `share` the
+    fraction of its target neuron's summed absolute input it carries; `relative` = share x fan-in, so 1 is an
+    average particle of that neuron whatever its fan-in (MNIST's first layer has 225 inputs per neuron, the others 5).
+    """
+
+    absolute: np.ndarray
+    share: np.ndarray
+    relative: np.ndarray
+
+
+@torch.no_grad()
+def task_contributions(run: Run, weights: torch.Tensor) -> Contributions:
+    """Per-particle task contributions of bank `weights [P, n]` on the run's held-out inputs."""
+    organism, spec = run.organism, run.spec
+    inputs: list[torch.Tensor] = []
+    organism.forward(weights, run.task.test_x, layer_inputs=inputs)
+    source, target, layer_of = run.topology["source"], run.topology["target"], run.topology["layer"]
+    absolute = np.zeros(run.n_particles)
+    for layer, x in enumerate(inputs):
+        ids = np.flatnonzero(layer_of == layer)
+        values = x[:, torch.as_tensor(source[ids])].T  # [P_l, B]: the value each particle carries
+        bank = weights[torch.as_tensor(ids)]
+        if spec.linear:
+            carried = effective_weights(bank, spec).unsqueeze(1) * values
+        else:
+            rows = values.new_zeros(*values.shape, spec.weight_interface)  # [P_l, B, k]: the value in the last slot
+            rows[..., -1] = values
+            carried = apply(bank, rows, spec)
+        absolute[ids] = carried.abs().mean(dim=1).double().numpy()
+    # neurons are (layer, target) pairs; sum each neuron's incoming contributions
+    neuron = layer_of * (max(run.sizes) + 1) + target
+    totals = np.zeros(neuron.max() + 1)
+    fan_in = np.zeros(neuron.max() + 1)
+    np.add.at(totals, neuron, absolute)
+    np.add.at(fan_in, neuron, 1)
+    # a neuron that receives nothing at all gives its particles a share of 0: they carry nothing
+    share = np.divide(absolute, totals[neuron], out=np.zeros_like(absolute), where=totals[neuron] > 0)
+    return Contributions(absolute, share, share * fan_in[neuron])
+
+
+# --- figures and numbers -----------------------------------------------------------------------------------------
+
+
+def new_figure(cols: int = 1, width: float = 6.4, height: float = 4.2, rows: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """A figure of `rows x cols` panels, each `width x height` inches, axes as a 2-D array (constrained layout, so
+    labels never overlap)."""
+    size = (width * cols, height * rows)
+    return plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False, **kwargs)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+    return path
+
+
+def kind_legend_handles(kinds: list[str]) -> list[Any]:
+    """Legend patches for the given kind names, in the order given."""
+    from matplotlib.patches import Patch
+
+    return [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
+
+
+def metric_label(metric_name: str) -> str:
+    return {"mae": "held-out MAE (lower is better)", "accuracy": "held-out accuracy"}.get(metric_name, metric_name)
+
+
+def positive_log_scale(ax: Any, values: np.ndarray, axis: str = "y") -> bool:
+    """Log scale on `axis` when every finite value is positive and they span more than a factor of 20."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) and v.min() > 0 and v.max() / v.min() > 20:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        return True
+    return False
+
+
+def jsonable(value: Any) -> Any:
+    """Numbers and arrays as plain JSON values (NaN and infinities as null)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return jsonable(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+
+
+@dataclass
+class Result:
+    """What one analysis of one run produced: machine-readable numbers and the figures written."""
+
+    numbers: dict[str, Any]
+    figures: list[Path]
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise UsageError (reported on one line by `cli`) instead of exiting."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every single-run script takes: RUN_DIR, --out (figures), --json."""
+    p = Parser(prog=prog, description=description)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.h5)")
+    p.add_argument("--out", metavar="DIR", help="directory for the figures (default RUN_DIR/analysis)")
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON to FILE")
+    return p
+
+
+def run_script(
+    prog: str, parser: argparse.ArgumentParser, analyse: Callable[[Run, Path, argparse.Namespace], Result],
+    argv: list[str] | None,
+) -> int:  # fmt: skip
+    """Parse, load the run, analyse it, write the JSON; a one-line error and exit status 2 on bad input or data."""
+
+    def action(args: argparse.Namespace) -> list[str]:
+        run = load_run(args.run_dir)
+        out = Path(args.out) if args.out else run.run_dir / "analysis"
+        result = analyse(run, out, args)
+        lines = [f"figure: {path}" for path in result.figures]
+        if args.json:
+            write_json(Path(args.json), result.numbers)
+            lines.append(f"numbers: {args.json}")
+        return lines
+
+    return cli(prog, parser, action, argv)
+
+
+def cli(
+    prog: str, parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], list[str]],
+    argv: list[str] | None,
+) -> int:  # fmt: skip
+    """Run `action` on the parsed arguments and print its lines; errors end as one line on stderr, exit status 2.
+
+    Torch runs on one thread meanwhile: the analyses make many small forwards (1000 x 225 x 5 for MNIST), where
+    handing work between threads costs more than it saves (70 ms instead of 1 ms per forward on a busy 2-core machine).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = parser.parse_args(argv)
+        lines = action(args)
+    except (UsageError, RecordError, AnalysisError) as exc:
+        message = " ".join(str(exc).splitlines())  # one line, whatever the underlying library wrote
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)
+    for line in lines:
+        print(line)
+    return 0
