@@ -46,6 +46,8 @@ from sim.tasks import make_task
 from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
+FLUSH_SECONDS = 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,7 +211,7 @@ class ParticleModel(mesa.Model):
                         "sr_active": self.sr_active}  # fmt: skip
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
-            self.record.flush()
+            self.record.flush(every=FLUSH_SECONDS)
 
     def _snapshot(self, step: int) -> None:
         """Write the bank to the record and save a checkpoint (after the record, so it never points past it)."""

@@ -20,6 +20,8 @@ KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "ot
 DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
 KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
+# CPU banks up to this many weights take the SR steps through NumPy (`sr_train_`): torch's threads win above it
+NUMPY_MAX_ELEMENTS = 250_000
 
 ACTIVATIONS = {
     "none": None,
@@ -182,50 +184,62 @@ def sr_train_(
     (both `[P, n]`; the update is torch.optim.SGD's: `buf = momentum * buf + grad; w -= lr * buf`). Returns the mean
     SR loss before the first step, a 0-d tensor.
 
-    Linear particles take a hand-derived gradient (checked against autograd in the tests): with `v = t W1`,
-    `t = W3 W2`, the loss is the quadratic form of `sr_loss` in `g`-space, `dL/dv = g`, and then
-    `dW1 = t^T g`, `dt = g W1^T`, `dW2 = W3^T dt`, `dW3 = dt W2^T`. The steps run on the transposed bank `[n, P]`, so
-    every product and sum runs along the long particle axis: a few dozen vector operations per step instead of an
-    autograd graph of small batched matmuls. Nonlinear particles fall back to autograd.
+    Linear particles take a hand-derived gradient (checked against autograd in the tests), on the transposed bank
+    `[n, P]` so that every product and sum runs along the long particle axis: a few dozen vector operations per step
+    instead of an autograd graph of small batched matmuls. Nonlinear particles fall back to autograd.
     """
     if not spec.linear:
         return _sr_train_autograd_(weights, momentum_buffer, spec, n_steps, lr, momentum, alpha)
-    k, h = spec.weight_interface, spec.hidden
-    n, P = spec.n_weights, weights.shape[0]
+    if n_steps == 0:
+        return sr_loss(weights, spec).mean()
     pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
-    gram = pos @ pos.T  # [3, 3]
-    scale = 2.0 * alpha / n
     w = weights.T.contiguous()  # [n, P]
     buf = momentum_buffer.T.contiguous()  # [n, P]
-    grad = torch.empty_like(w)  # [n, P]
-    g = w.new_zeros(k, P)  # dL/dv; rows 4.. stay zero: those inputs never carry coordinates
-    # views stay valid across the steps: w and grad are updated in place
-    W1, W2, W3 = w[: k * h].view(h, k, P), w[k * h : k * h + h * h].view(h, h, P), w[k * h + h * h :]
-    dW1, dW2, dW3 = grad[: k * h].view(h, k, P), grad[k * h : k * h + h * h].view(h, h, P), grad[k * h + h * h :]
-    first = None
-    for _ in range(n_steps):
-        t = (W3.unsqueeze(1) * W2).sum(dim=0)  # [h, P]: t_b = sum_a W3_a W2_ab
-        v = (t.unsqueeze(1) * W1).sum(dim=0)  # [k, P]
-        shrink, shift = v[0] - 1.0, v[1:4]  # [P], [3, P]
-        norm2 = w.square().sum(dim=0)  # [P]
-        cross = pos @ w  # [3, P]
-        shift_cross = (shift * cross).sum(dim=0)  # [P]
-        gram_shift = gram @ shift  # [3, P]
-        if first is None:
-            loss = norm2 * shrink.square() + 2.0 * shrink * shift_cross + (shift * gram_shift).sum(dim=0)
-            first = loss.clamp_min(0.0).mean() / n
-        torch.mul(norm2 * shrink + shift_cross, scale, out=g[0])
-        torch.mul(shrink * cross + gram_shift, scale, out=g[1:4])
-        torch.mul(t.unsqueeze(1), g.unsqueeze(0), out=dW1)  # [h, k, P]
-        dt = (g.unsqueeze(0) * W1).sum(dim=1)  # [h, P]
-        torch.mul(W3.unsqueeze(1), dt.unsqueeze(0), out=dW2)  # [h, h, P]
-        torch.sum(dt.unsqueeze(0) * W2, dim=1, out=dW3)  # [h, P]
-        torch.add(grad, buf, alpha=momentum, out=buf)
-        w.sub_(buf, alpha=lr)
+    arrays = w, buf, pos, pos @ pos.T
+    if weights.device.type == "cpu" and weights.numel() <= NUMPY_MAX_ELEMENTS:
+        # views of the same memory: NumPy's per-operation overhead is a third of torch's, and a small bank's step
+        # is nothing but overhead
+        arrays = tuple(x.numpy() for x in arrays)
+    first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
     weights.copy_(w.T)
     momentum_buffer.copy_(buf.T)
-    if first is None:
-        first = sr_loss(weights, spec).mean()
+    return torch.as_tensor(first, device=weights.device)
+
+
+def _linear_sr_steps(w, buf, pos, gram, spec: ParticleSpec, n_steps: int, lr: float, momentum: float, scale: float):
+    """The SGD steps of `sr_train_` for linear particles, in place on `w` and `buf` `[n, P]`; the same code runs on
+    torch tensors and on NumPy arrays (`pos [3, n]`, `gram = pos pos^T [3, 3]`, `scale = 2 alpha / n`).
+
+    With `v = t W1`, `t = W3 W2`, the loss is the quadratic form of `sr_loss` in `(v0 - 1, v[1:4])`; its gradient `g`
+    is `dL/dv`, and then `dW1 = t^T g`, `dW2 = W3^T dt`, `dW3 = dt W2^T` with `dt = g W1^T`. Returns the mean SR
+    loss before the first step (a 0-d array of the same kind).
+    """
+    k, h = spec.weight_interface, spec.hidden
+    P = w.shape[1]
+    grad = 0.0 * w  # [n, P], a new array of the same kind
+    g = 0.0 * w[:k]  # [k, P]: dL/dv; rows 4.. stay zero: those inputs never carry coordinates
+    # views stay valid across the steps: w and grad are updated in place
+    W1, W2, W3 = w[: k * h].reshape(h, k, P), w[k * h : k * h + h * h].reshape(h, h, P), w[k * h + h * h :]
+    dW1, dW2, dW3 = grad[: k * h].reshape(h, k, P), grad[k * h : k * h + h * h].reshape(h, h, P), grad[k * h + h * h :]
+    first = None
+    for _ in range(n_steps):
+        t = (W3[:, None] * W2).sum(0)  # [h, P]: t_b = sum_a W3_a W2_ab
+        v = (t[:, None] * W1).sum(0)  # [k, P]
+        shrink, shift = v[0] - 1.0, v[1:4]  # [P], [3, P]
+        norm2, cross = (w * w).sum(0), pos @ w  # [P], [3, P]
+        shift_cross, gram_shift = (shift * cross).sum(0), gram @ shift  # [P], [3, P]
+        if first is None:
+            loss = norm2 * shrink * shrink + 2.0 * shrink * shift_cross + (shift * gram_shift).sum(0)  # [P] x n
+            first = (loss * (loss > 0)).mean() / w.shape[0]  # rounding can leave a vanishing loss a hair below 0
+        g[0] = (norm2 * shrink + shift_cross) * scale
+        g[1:4] = (shrink * cross + gram_shift) * scale
+        dW1[...] = t[:, None] * g[None]  # [h, k, P]
+        dt = (g[None] * W1).sum(1)  # [h, P]
+        dW2[...] = W3[:, None] * dt[None]  # [h, h, P]
+        dW3[...] = (dt[None] * W2).sum(1)  # [h, P]
+        buf *= momentum
+        buf += grad
+        w -= lr * buf
     return first
 
 

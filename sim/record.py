@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ class RecordWriter:
         self._steps: list[tuple] = []
         self._particles: list[tuple] = []
         self._events: list[tuple[int, torch.Tensor]] = []
+        self._flushed = time.monotonic()
 
     def _create(self, attrs: dict[str, Any], n_particles: int, n_weights: int, topology: dict[str, np.ndarray]) -> None:
         f = self.file
@@ -177,8 +179,11 @@ class RecordWriter:
         _append(self.datasets["snapshots/weights"], weights.detach().float().cpu().numpy()[None])
         _append(self.datasets["snapshots/step"], np.array([step]))
 
-    def flush(self) -> None:
-        """Write every buffered row and flush the file, so a reader (or a killed run) sees them."""
+    def flush(self, every: float = 0.0) -> None:
+        """Write every buffered row and flush the file, so a reader (or a killed run) sees them; with `every`, only
+        when at least that many seconds have passed since the last flush (an HDF5 flush costs milliseconds)."""
+        if time.monotonic() - self._flushed < every:
+            return
         if self._steps:
             columns = list(zip(*self._steps))
             tensors = torch.stack([torch.stack([torch.as_tensor(v).double() for v in col]) for col in columns[1:4]])
@@ -203,6 +208,7 @@ class RecordWriter:
                 _append(self.datasets[f"events/{name}"], column.astype(np.int64))
             self._events.clear()
         self.file.flush()
+        self._flushed = time.monotonic()
 
     def rows(self) -> dict[str, int]:
         """Committed row count of every growing group (what a checkpoint needs to truncate on resume)."""

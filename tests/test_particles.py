@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim import particles
 from sim.particles import (
     DIVERGENT,
     KIND_NAMES,
@@ -295,8 +296,12 @@ def test_random_particles_are_other(dtype):
 
 @pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (5, 3, "none"), (7, 2, "none"), (5, 3, "tanh")])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum):
-    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD."""
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum, backend, monkeypatch):
+    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on both
+    of its backends (NumPy for small CPU banks; torch, as on a GPU, for the others)."""
+    if backend == "torch":
+        monkeypatch.setattr(particles, "NUMPY_MAX_ELEMENTS", 0)
     spec = ParticleSpec(k, h, activation)
     start = init_weights(13, spec, torch.Generator().manual_seed(k * 10 + h), dtype=torch.float64)
     param = torch.nn.Parameter(start.clone())
