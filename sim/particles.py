@@ -20,8 +20,11 @@ KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "ot
 DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
 KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
-# CPU banks up to this many weights take the SR steps through NumPy (`sr_train_`): torch's threads win above it
-NUMPY_MAX_ELEMENTS = 250_000
+# On the CPU, `sr_train_` runs all its steps on one block of this many particles before the next, so that a block's
+# arrays stay in cache (the steps are memory-bound otherwise), and on NumPy views of the block: NumPy's per-operation
+# overhead is a third of torch's, and a small bank's step is nothing but overhead. A GPU takes the whole bank in torch.
+SR_CHUNK = 4096
+CPU_ARRAYS = "numpy"
 
 ACTIVATIONS = {
     "none": None,
@@ -186,24 +189,32 @@ def sr_train_(
 
     Linear particles take a hand-derived gradient (checked against autograd in the tests), on the transposed bank
     `[n, P]` so that every product and sum runs along the long particle axis: a few dozen vector operations per step
-    instead of an autograd graph of small batched matmuls. Nonlinear particles fall back to autograd.
+    instead of an autograd graph of small batched matmuls. Particles are independent here, so on the CPU the bank is
+    trained block by block (`SR_CHUNK`). Nonlinear particles fall back to autograd.
     """
     if not spec.linear:
         return _sr_train_autograd_(weights, momentum_buffer, spec, n_steps, lr, momentum, alpha)
     if n_steps == 0:
         return sr_loss(weights, spec).mean()
+    P = weights.shape[0]
     pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
-    w = weights.T.contiguous()  # [n, P]
-    buf = momentum_buffer.T.contiguous()  # [n, P]
-    arrays = w, buf, pos, pos @ pos.T
-    if weights.device.type == "cpu" and weights.numel() <= NUMPY_MAX_ELEMENTS:
-        # views of the same memory: NumPy's per-operation overhead is a third of torch's, and a small bank's step
-        # is nothing but overhead
-        arrays = tuple(x.numpy() for x in arrays)
-    first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
-    weights.copy_(w.T)
-    momentum_buffer.copy_(buf.T)
-    return torch.as_tensor(first, device=weights.device)
+    gram = pos @ pos.T  # [3, 3]
+    cpu = weights.device.type == "cpu"
+    chunk = SR_CHUNK if cpu else max(P, 1)
+    numpy = cpu and CPU_ARRAYS == "numpy"
+    total = 0.0
+    for start in range(0, P, chunk):
+        rows = slice(start, start + chunk)
+        w = weights[rows].T.contiguous()  # [n, C]
+        buf = momentum_buffer[rows].T.contiguous()  # [n, C]
+        arrays = (w, buf, pos, gram)
+        if numpy:
+            arrays = tuple(x.numpy() for x in arrays)  # views of the same memory
+        first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
+        total = total + first * w.shape[1]
+        weights[rows] = w.T
+        momentum_buffer[rows] = buf.T
+    return torch.as_tensor(total / max(P, 1), device=weights.device)
 
 
 def _linear_sr_steps(w, buf, pos, gram, spec: ParticleSpec, n_steps: int, lr: float, momentum: float, scale: float):

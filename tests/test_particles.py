@@ -299,9 +299,10 @@ def test_random_particles_are_other(dtype):
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum, backend, monkeypatch):
     """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on both
-    of its backends (NumPy for small CPU banks; torch, as on a GPU, for the others)."""
+    of its backends (NumPy on the CPU; torch, as on a GPU), block by block."""
     if backend == "torch":
-        monkeypatch.setattr(particles, "NUMPY_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(particles, "CPU_ARRAYS", "torch")
+    monkeypatch.setattr(particles, "SR_CHUNK", 5)  # 13 particles: blocks of 5, 5 and 3
     spec = ParticleSpec(k, h, activation)
     start = init_weights(13, spec, torch.Generator().manual_seed(k * 10 + h), dtype=torch.float64)
     param = torch.nn.Parameter(start.clone())
