@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import torch
 
 KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
@@ -210,7 +211,9 @@ def sr_train_(
         arrays = (w, buf, pos, gram)
         if numpy:
             arrays = tuple(x.numpy() for x in arrays)  # views of the same memory
-        first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
+        # divergent particles (a kind of their own) overflow to inf and NaN, silently as in torch
+        with np.errstate(over="ignore", invalid="ignore"):
+            first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
         total = total + first * w.shape[1]
         weights[rows] = w.T
         momentum_buffer[rows] = buf.T

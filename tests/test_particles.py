@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import reference
 import torch
@@ -321,3 +323,17 @@ def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum, bac
     if momentum:
         torch.testing.assert_close(buffer, optimizer.state[param]["momentum_buffer"], rtol=1e-10, atol=1e-12)
     assert not torch.equal(weights, start)
+
+
+def test_sr_train_lets_a_particle_diverge_silently():
+    """A particle that blows up becomes `divergent` without warnings, and leaves its neighbours' training alone."""
+    spec = ParticleSpec(5, 3)
+    bank = init_weights(4, spec, torch.Generator().manual_seed(3))
+    bank[1] = 1e15
+    alone = bank[[0, 2, 3]].clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sr_train_(bank, torch.zeros_like(bank), spec, 10, lr=0.004, momentum=0.9)
+        sr_train_(alone, torch.zeros_like(alone), spec, 10, lr=0.004, momentum=0.9)
+    assert classify(bank, spec)[1] == DIVERGENT
+    torch.testing.assert_close(bank[[0, 2, 3]], alone, rtol=1e-6, atol=1e-7)
