@@ -172,11 +172,19 @@ def _wait_text(driver: object, selector: str, pattern: str, timeout: float = 60)
 
 def _image(driver: object, selector: str) -> bytes:
     """What the figure inside `selector` looks like on screen (PNG of the element)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    element = driver.find_element(By.CSS_SELECTOR, f"{selector} img")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-    return element.screenshot_as_png
+    def png(d: object) -> bytes | bool:
+        try:
+            element = d.find_element(By.CSS_SELECTOR, f"{selector} img")
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+            return element.screenshot_as_png
+        except StaleElementReferenceException:  # the figure was redrawn between finding it and taking its picture
+            return False
+
+    return WebDriverWait(driver, 30).until(png)
 
 
 def test_live_page_steps_the_model(browser: object, server: str, tmp_path: Path, record_property) -> None:

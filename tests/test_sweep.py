@@ -211,14 +211,16 @@ def test_killed_sweep_finishes_without_rerunning_finished_runs(tmp_path, referen
 
 
 def _start_and_abandon(run_dir: Path, reference: Path, steps: int) -> np.ndarray:
-    """Run the reference's config for `steps` steps, then close the record without the rows still buffered (as a kill
-    would leave it); returns the recorded step wall times."""
+    """Run the reference's config for `steps` steps, flushing the record at every log interval, then close it without
+    the rows still buffered (as a kill would leave it); returns the recorded step wall times."""
     config = from_dict(yaml.safe_load((reference / CONFIG_NAME).read_text()))
     run_dir.mkdir(parents=True)
     model = build_model(config, run_dir, resume=False)
     shutil.copy(reference / CONFIG_NAME, run_dir / CONFIG_NAME)
     for _ in range(steps):
         model.step()
+        if model.steps % config.record.log_every == 0:
+            model.record.flush()  # at every log interval, as a slow run does (the record waits a second otherwise)
     model.record.file.close()
     with h5py.File(run_dir / "run.h5", "r") as f:
         return f["steps/wall_time"][:]
