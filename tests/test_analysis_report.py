@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis import pruning, report
+from analysis import group_report, pruning, report
+from analysis.report_format import fmt
 from sim.run import main as sim_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +101,8 @@ def test_single_run_summary_matches_record_and_pruning_json(single):
     n_sr = numbers["dropout"].get("self_replicator", {}).get("count")
     if n_sr:
         sentence = (f"Dropping all {n_sr} self-replicators leaves the held-out MAE at "
-                    f"{report._fmt(numbers['equal_sparsity']['self_replicators'])} vs "
-                    f"{report._fmt(numbers['metric_full'])} full (within 1%: ")  # fmt: skip
+                    f"{fmt(numbers['equal_sparsity']['self_replicators'])} vs "
+                    f"{fmt(numbers['metric_full'])} full (within 1%: ")  # fmt: skip
         assert sentence in md
     assert "### The pure threshold (0.01)" in md
 
@@ -145,21 +146,21 @@ def test_several_runs_aggregate_mean_sd_and_t_interval(seed_runs, tmp_path, caps
 
 def test_describe_against_numpy():
     values = [0.3, 0.5, 0.4, 0.9]
-    s = report.describe(values)
+    s = group_report.describe(values)
     mean, sd = np.mean(values), np.std(values, ddof=1)
     assert s["mean"] == pytest.approx(mean) and s["sd"] == pytest.approx(sd)
     assert s["ci95"] == pytest.approx([mean - T_975[3] * sd / 2, mean + T_975[3] * sd / 2])
-    one = report.describe([2.0])
+    one = group_report.describe([2.0])
     assert one["mean"] == 2.0 and one["sd"] is None and one["ci95"] is None
 
 
 def test_bands_against_numpy():
     curves = np.array([[1.0, 10.0, 100.0], [2.0, 20.0, 50.0], [4.0, 5.0, 80.0]])
-    mean, lo, hi = report.band(curves)
+    mean, lo, hi = group_report.band(curves)
     half = T_975[2] * curves.std(axis=0, ddof=1) / np.sqrt(3)
     np.testing.assert_allclose(mean, curves.mean(axis=0))
     np.testing.assert_allclose(hi - lo, 2 * half)
-    gmean, glo, ghi = report.band(curves, log=True)
+    gmean, glo, ghi = group_report.band(curves, log=True)
     np.testing.assert_allclose(gmean, 10 ** np.log10(curves).mean(axis=0))
     assert np.all(glo > 0) and np.all(glo < gmean) and np.all(gmean < ghi)
 
