@@ -31,6 +31,7 @@ from sim.config import Config, ConfigError, from_dict  # noqa: E402
 from sim.organism import Organism  # noqa: E402
 from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
 from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group  # noqa: E402
+from sim.run import Parser, UsageError  # noqa: E402
 from sim.tasks import DataError, Task, make_task  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,10 +58,6 @@ FIGURE_DPI = 110
 
 class AnalysisError(Exception):
     """A run that lacks the data an analysis needs; the message says which data and why."""
-
-
-class UsageError(Exception):
-    """Bad command-line input."""
 
 
 @dataclass
@@ -329,13 +326,6 @@ class Result:
 
 
 # --- the command line --------------------------------------------------------------------------------------------
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors raise UsageError (reported on one line by `cli`) instead of exiting."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
 
 
 def run_parser(prog: str, description: str) -> argparse.ArgumentParser:

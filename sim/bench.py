@@ -41,6 +41,7 @@ from sim.config import build_config
 from sim.model import OrganismModel, ParticleModel
 from sim.organism import Organism
 from sim.particles import ParticleSpec
+from sim.run import Parser, UsageError
 from sim.soup import SoupModel
 
 LR = 0.004
@@ -483,17 +484,8 @@ def plot_scaling(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported on one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats: a whole run in under a minute on a 2-core CPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")

@@ -187,8 +187,9 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
-def set_value(config: Config, key: str, value: Any) -> None:
-    """Set `section.key` (or a top-level key) to `value`, validated; raises ConfigError naming the key."""
+def _owner(config: Config, key: str) -> tuple[Any, str, Any]:
+    """What holds `section.key` (or a top-level key): the config or its section, the field's name and its type;
+    ConfigError naming the key if there is no such key."""
     parts = key.split(".")
     target: Any = config
     if len(parts) == 2 and parts[0] in SECTIONS:
@@ -198,7 +199,24 @@ def set_value(config: Config, key: str, value: Any) -> None:
     fields = _fields(type(target))
     if parts[-1] not in fields:
         raise ConfigError(f"unknown config key {key!r}")
-    setattr(target, parts[-1], _coerce(key, value, fields[parts[-1]]))
+    return target, parts[-1], fields[parts[-1]]
+
+
+def check_key(key: str) -> None:
+    """ConfigError unless `key` names a config key (`section.key` or a top-level key)."""
+    _owner(Config(), key)
+
+
+def get_value(config: Config, key: str) -> Any:
+    """The value of `section.key` (or a top-level key)."""
+    target, name, _ = _owner(config, key)
+    return getattr(target, name)
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set `section.key` (or a top-level key) to `value`, validated; raises ConfigError naming the key."""
+    target, name, kind = _owner(config, key)
+    setattr(target, name, _coerce(key, value, kind))
 
 
 def parse_value(text: str) -> Any:

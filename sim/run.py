@@ -35,7 +35,9 @@ class UsageError(Exception):
     """Bad command-line input: reported on one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise UsageError (one line, exit 2, by the caller) instead of exiting."""
+
     def error(self, message: str) -> None:
         raise UsageError(message)
 
@@ -61,7 +63,7 @@ def _seed(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
+    p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
     p.add_argument("--config", help="YAML or TOML config file")
     p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
     p.add_argument("--task", choices=TASKS, help="mnist (default) or arithmetic")

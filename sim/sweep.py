@@ -31,10 +31,10 @@ import yaml
 from distributed import Client, LocalCluster, get_client, get_worker
 from tqdm import tqdm
 
-from sim.config import SECTIONS, Config, ConfigError, build_config, from_dict
+from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, from_dict, get_value
 from sim.model import resolve_device
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
-from sim.run import build_model, simulate, write_config
+from sim.run import Parser, UsageError, build_model, simulate, write_config
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
@@ -46,14 +46,9 @@ class SweepError(Exception):
     """A bad sweep file or command line: reported on one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise SweepError(message)
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line of `python -m sim.sweep`."""
-    p = _Parser(prog="python -m sim.sweep", description="Run a sweep (grid points x seeds) of simulations on Dask.")
+    p = Parser(prog="python -m sim.sweep", description="Run a sweep (grid points x seeds) of simulations on Dask.")
     p.add_argument("sweep", help="sweep file (YAML)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, help="local cluster workers (default: GPUs if any, else CPU cores)")
@@ -108,15 +103,10 @@ def _check_key(key: Any, where: str) -> str:
     """A swept key must name a config key (`section.key` or a top-level key); seeds are swept by `seeds`."""
     if not isinstance(key, str):
         raise SweepError(f"{where}: keys must be config keys like train.alpha, got {key!r}")
-    parts = key.split(".")
-    if len(parts) == 2 and parts[0] in SECTIONS:
-        owner = getattr(Config(), parts[0])
-    elif len(parts) == 1 and parts[0] not in SECTIONS:
-        owner = Config()
-    else:
-        raise SweepError(f"{where}: unknown config key {key!r}")
-    if parts[-1] not in {f.name for f in dataclasses.fields(owner)}:
-        raise SweepError(f"{where}: unknown config key {key!r}")
+    try:
+        check_key(key)
+    except ConfigError:
+        raise SweepError(f"{where}: unknown config key {key!r}") from None
     if key == "seed":
         raise SweepError(f"{where}: seeds are set by the sweep file's `seeds`, not swept as a key")
     return key
@@ -222,11 +212,6 @@ def point_name(params: dict[str, Any]) -> str:
     return safe
 
 
-def _config_value(config: Config, key: str) -> Any:
-    section, _, name = key.rpartition(".")
-    return getattr(getattr(config, section) if section else config, name)
-
-
 def plan(sweep: Sweep, out: Path) -> list[Run]:
     """Every run of the sweep, in order (points, then seeds), with its state on disk: done, failed (invalid point or
     a directory holding another run) or pending."""
@@ -236,7 +221,7 @@ def plan(sweep: Sweep, out: Path) -> list[Run]:
         try:
             base = sweep.build(raw)
             # values as the config holds them (0.5 for 1/2, 1.0 for 1), so equal points get equal names
-            params, error = {key: _config_value(base, key) for key in raw}, None
+            params, error = {key: get_value(base, key) for key in raw}, None
         except ConfigError as exc:
             params, error = dict(raw), f"ConfigError: {exc}"
         name = point_name(params)
@@ -451,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_same_base(out, base_config)
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out)
-    except (SweepError, ConfigError, ValueError) as exc:
+    except (UsageError, SweepError, ConfigError, ValueError) as exc:
         print(f"sim.sweep: error: {exc}", file=sys.stderr)
         return 2
     out = out.resolve()  # workers may run in another directory
