@@ -28,13 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sim.config import Config, ConfigError, from_dict  # noqa: E402
+from sim.model import DTYPES  # noqa: E402
 from sim.organism import Organism  # noqa: E402
 from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
 from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group  # noqa: E402
 from sim.run import Parser, UsageError  # noqa: E402
 from sim.tasks import DataError, Task, make_task  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # one colour per kind, the same in every figure
 KIND_COLORS = {
     "divergent": "#d62728",
