@@ -19,6 +19,7 @@ import torch
 
 KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
 DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
+MIN_WEIGHT_INTERFACE = 4  # the coordinate row holds the weight, its layer, row and column
 KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
 # On the CPU, `sr_train_` runs all its steps on one block of this many particles before the next, so that a block's
@@ -45,9 +46,10 @@ class ParticleSpec:
     activation: str = "none"
 
     def __post_init__(self) -> None:
-        if self.weight_interface < 4:
+        if self.weight_interface < MIN_WEIGHT_INTERFACE:
             raise ValueError(
-                f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}"
+                f"particle.weight_interface must be >= {MIN_WEIGHT_INTERFACE} (weight, layer, row, col), "
+                f"got {self.weight_interface}"
             )
         if self.hidden < 1:
             raise ValueError(f"particle.hidden must be >= 1, got {self.hidden}")
