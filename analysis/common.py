@@ -207,7 +207,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 @dataclass
 class Contributions:
-    """Task contribution of every particle on the held-out set (DESIGN 1.5), arrays `[P]`.
+    """Task contribution of every particle on the held-out set (docs/science.md §5), arrays `[P]`.
 
     `absolute` is the mean |carried value| (for linear particles |effective weight x input value|); `share` the
     fraction of its target neuron's summed absolute input it carries; `relative` = share x fan-in, so 1 is an

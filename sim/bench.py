@@ -222,7 +222,7 @@ class Loop:
 
     @torch.no_grad()
     def classify(self) -> torch.Tensor:
-        """Kind code of every particle, first match wins (DESIGN 1.2), one particle at a time."""
+        """Kind code of every particle, first match wins (docs/science.md §2), one particle at a time."""
         eps = particles.KIND_EPS
         kinds = []
         for particle in self.particle_modules:

@@ -77,7 +77,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser and the self-replication schedule (DESIGN 1.4)."""
+    """Optimiser and the self-replication schedule (docs/science.md §4)."""
 
     lr: float = _f(0.004, lo=0.0)
     momentum: float = _f(0.9, lo=0.0, hi=1.0)
@@ -92,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class EventsConfig:
-    """Per-step, per-particle event probabilities (DESIGN 1.6); None: 0 for organisms, on in soups."""
+    """Per-step, per-particle event probabilities (docs/science.md §6); None: 0 for organisms, on in soups."""
 
     attack: float | None = _f(None, lo=0.0, hi=1.0)
     melt: float | None = _f(None, lo=0.0, hi=1.0)

@@ -1,9 +1,9 @@
 """The Mesa models: `ParticleModel` (what organisms and soups share) and `OrganismModel`.
 
-One call of `step()` is one simulation step (DESIGN 1.4): `n_sr` self-replication SGD steps over the whole bank and a
-task SGD step (in the configured order), then population events, then classification and logging at their intervals.
-All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot path is
-batched tensor work with no Python loop over particles.
+One call of `step()` is one simulation step (docs/science.md §4): `n_sr` self-replication SGD steps over the whole
+bank and a task SGD step (in the configured order), then population events, then classification and logging at their
+intervals. All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot
+path is batched tensor work with no Python loop over particles.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class ParticleModel(mesa.Model):
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
     def step(self) -> None:
-        """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
         if self.config.train.order == "sr_first":
@@ -174,7 +174,7 @@ class ParticleModel(mesa.Model):
             self.running = False
 
     def _events(self) -> torch.Tensor:
-        """The population events of this step (DESIGN 1.6), applied to the bank; rows `[E, 3]`."""
+        """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
         return population_events(
             self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
             mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
@@ -265,7 +265,7 @@ class ParticleModel(mesa.Model):
 
 
 class OrganismModel(ParticleModel):
-    """An organism network on a task: every connection weight is a particle (DESIGN 1.3)."""
+    """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
