@@ -20,9 +20,10 @@ import torch
 import yaml
 
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
+from sim.tasks import TASK_TABLE
 
 MODES = ("organism", "soup")
-TASKS = ("mnist", "arithmetic")
+TASKS = tuple(TASK_TABLE)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
@@ -147,11 +148,12 @@ class Config:
 # the names of the config's sections (`train`, `events`, ...), the first part of a `section.key`
 SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
-# Task-dependent defaults: the paper's MNIST organism and arithmetic organism.
+# Task-dependent defaults (the paper's MNIST organism and arithmetic organism), from the task table.
 TASK_DEFAULTS = {
-    "mnist": {"organism.width": 5, "particle.hidden": 5, "task.batch_size": 2000, "train.task_first_threshold": 0.85},
-    "arithmetic": {"organism.width": 3, "particle.hidden": 3, "task.batch_size": 50, "train.task_first_threshold": 0.0},
-}
+    name: {"organism.width": entry.width, "particle.hidden": entry.hidden, "task.batch_size": entry.batch_size,
+           "train.task_first_threshold": entry.gate_threshold}
+    for name, entry in TASK_TABLE.items()
+}  # fmt: skip
 EVENT_RATES = ("attack", "melt", "replicate", "respawn", "noise")
 SOUP_EVENT_DEFAULTS = {"attack": 0.01, "melt": 0.01, "replicate": 0.02, "respawn": 1.0, "noise": 0.0}
 

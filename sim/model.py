@@ -309,4 +309,5 @@ class OrganismModel(ParticleModel):
         return topology
 
     def _extra_attrs(self) -> dict[str, Any]:
-        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes)}
+        return {"task": self.task.name, "metric_name": self.task.metric_name,
+                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes)}  # fmt: skip
