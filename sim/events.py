@@ -1,4 +1,4 @@
-"""Population events: the artificial chemistry between particles, one table of small pure functions.
+"""Population events (docs/science.md §6): the artificial chemistry between particles, a table of small functions.
 
 `EVENTS` is the one list of event types; everything else (the `events.*` config keys and their validation, the soup's
 default rates, the page's sliders, the record's `event_names`, the README's table) is derived from it. Adding an event

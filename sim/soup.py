@@ -1,4 +1,5 @@
-"""The soup: a population of free particles on a random regular or a complete graph, no organism and no task.
+"""The soup: a population of free particles on a random regular or a complete graph, no organism and no task
+(docs/science.md §6).
 
 Particles only self-train and interact through the population events, as in the artificial-chemistry experiments of
 the earlier self-replication literature; their kinds are counted over time in the same record format as organisms.

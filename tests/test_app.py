@@ -23,10 +23,12 @@ import pytest
 
 from sim.app import ORGANISM_PARAMS, SOUP_PARAMS, LiveOrganism, LiveSoup
 from sim.events import EVENT_NAMES, EVENTS
+from sim.figures import kinds_text, organism_layout
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
+from sim.replay import load_replay
 from sim.topology import particle_table
-from sim.view import free_port, incompatible_widgets, kinds_text, load_replay, missing_assets, organism_layout
+from sim.view import free_port, incompatible_widgets, missing_assets
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

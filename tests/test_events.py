@@ -379,6 +379,7 @@ def test_every_configured_rate_and_parameter_reaches_the_model():
     assert all(rate > 0 for rate in model.rates.values())
 
 
-def test_readme_event_table_is_the_table():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert markdown_table() in readme, "README's event table drifted from sim.events.EVENTS: paste python -m sim.events"
+@pytest.mark.parametrize("name", ["README.md", "docs/science.md"])
+def test_the_documented_event_table_is_the_table(name):
+    text = (Path(__file__).resolve().parents[1] / name).read_text()
+    assert markdown_table() in text, f"{name}'s event table drifted from sim.events.EVENTS: paste python -m sim.events"
