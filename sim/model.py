@@ -86,7 +86,7 @@ class ParticleModel(mesa.Model):
         p = config.particle
         self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
         self.graph = graph
-        self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
+        self.weights = self._initial_weights(n_particles)  # [P, n]
         self.weights.requires_grad_(True)
         self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
@@ -113,7 +113,7 @@ class ParticleModel(mesa.Model):
         if self.run_dir is not None:
             rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
             self.record = RecordWriter(
-                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.spec.n_weights,
+                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.weights.shape[1],
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
 
@@ -122,6 +122,14 @@ class ParticleModel(mesa.Model):
         return self.weights.shape[0]
 
     # --- what subclasses provide -------------------------------------------------------------------------------------
+    def _initial_weights(self, n_particles: int) -> torch.Tensor:
+        """The bank at step 0, `[P, n]`, drawn from the model's generator."""
+        return init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)
+
+    def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
+
     def _gate_threshold(self) -> float:
         return 0.0
 
@@ -195,17 +203,14 @@ class ParticleModel(mesa.Model):
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
         with torch.no_grad():
-            weights = self.weights.detach()
-            kind = classify(weights, self.spec)  # [P]
-            losses = sr_loss(weights, self.spec)  # [P]
-            effective = effective_weights(weights, self.spec)  # [P]
+            kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
         running = float(self._metric_sum) / max(self._metric_count, 1)
         self._metric_sum.zero_()
         self._metric_count = 0
         if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
             self.sr_active = True
-        counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
+        counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
@@ -289,15 +294,18 @@ class OrganismModel(ParticleModel):
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
         o, p = config.organism, config.particle
-        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
-        self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,
-                                 o.activation)  # fmt: skip
+        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
+        self.organism = self._network(config, ParticleSpec(p.weight_interface, p.hidden, p.activation))
         # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
         # line graph), so a model without either builds neither
         needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)
         self.neurons = organism_graph(self.sizes) if needed else None
         graph = particle_graph(self.neurons, config.events.neighbourhood) if needed else None
         super().__init__(config, self.organism.n_particles, graph, run_dir, resume, agents)
+
+    def _network(self, config: Config, spec: ParticleSpec) -> Organism:
+        """The network the bank drives, over `self.sizes`."""
+        return Organism(self.sizes, spec, config.organism.residual, config.organism.activation)
 
     def _gate_threshold(self) -> float:
         return self.config.train.task_first_threshold
@@ -322,4 +330,5 @@ class OrganismModel(ParticleModel):
         return topology
 
     def _extra_attrs(self) -> dict[str, Any]:
-        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes)}
+        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes),
+                "splits": json.dumps(self.task.split_sizes()), "held_out_split": "test"}  # fmt: skip

@@ -16,6 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from sim.config import MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value
+from sim.dense import DenseModel
 from sim.model import OrganismModel, ParticleModel, resolve_device
 from sim.particles import KIND_NAMES
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, RecordError, load_checkpoint
@@ -65,7 +66,7 @@ def _seed(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
     p.add_argument("--config", help="YAML or TOML config file")
-    p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
+    p.add_argument("--mode", choices=MODES, help="organism (default), soup or dense (the dense control)")
     p.add_argument("--task", choices=TASKS, help="mnist (default) or arithmetic")
     p.add_argument("--steps", type=_steps, help="number of simulation steps (default 10000)")
     p.add_argument("--seed", type=_seed, help="random seed (default 0)")
@@ -93,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def default_run_dir(config: Config) -> Path:
-    name = config.task.name if config.mode == "organism" else "soup"
+    name = {"organism": config.task.name, "dense": f"{config.task.name}-dense"}.get(config.mode, "soup")
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-s{config.seed}"
 
 
@@ -128,7 +129,7 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
-    model_class = OrganismModel if config.mode == "organism" else SoupModel
+    model_class = {"organism": OrganismModel, "dense": DenseModel, "soup": SoupModel}[config.mode]
     return model_class(config, run_dir=run_dir, resume=resume)
 
 
@@ -142,7 +143,7 @@ def _postfix(model: ParticleModel) -> dict[str, str]:
     if not s:
         return {}
     out = {}
-    if model.mode == "organism":
+    if model.mode in ("organism", "dense"):
         out["held_out"] = f"{s['held_out_metric']:.4g}"
     out["sr_loss"] = f"{s['sr_loss']:.2e}"
     out["kinds"] = " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = model.summary
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
     if summary:
-        if model.mode == "organism":
+        if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
     print(f"run directory: {run_dir}")
