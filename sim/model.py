@@ -1,9 +1,9 @@
 """The Mesa models: `ParticleModel` (what organisms and soups share) and `OrganismModel`.
 
-One call of `step()` is one simulation step (DESIGN 1.4): `n_sr` self-replication SGD steps over the whole bank and a
-task SGD step (in the configured order), then population events, then classification and logging at their intervals.
-All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot path is
-batched tensor work with no Python loop over particles.
+One call of `step()` is one simulation step (docs/science.md §4): `n_sr` self-replication SGD steps over the whole
+bank and a task SGD step (in the configured order), then population events, then classification and logging at their
+intervals. All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot
+path is batched tensor work with no Python loop over particles.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
-from sim.config import Config
+from sim.config import DTYPES, Config, resolve_device
 from sim.events import EVENT_NAMES, population_events
 from sim.organism import Organism
 from sim.particles import (
@@ -45,18 +45,8 @@ from sim.record import (
 from sim.tasks import make_task
 from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 class ParticleModel(mesa.Model):
@@ -83,8 +73,7 @@ class ParticleModel(mesa.Model):
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        p = config.particle
-        self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        self.spec = config.particle.spec()
         self.graph = graph
         self.weights = self._initial_weights(n_particles)  # [P, n]
         self.weights.requires_grad_(True)
@@ -168,16 +157,22 @@ class ParticleModel(mesa.Model):
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
-    def step(self) -> None:
-        """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
-        started = time.perf_counter()
-        step = self.steps
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training phases of one step, self-training and the task step in the configured order (no events, no
+        logging); returns the task loss, the train metric and the mean SR loss before the SR updates (0-d tensors)."""
         if self.config.train.order == "sr_first":
             mean_sr = self._self_train()
             task_loss, metric = self._task_step()
         else:
             task_loss, metric = self._task_step()
             mean_sr = self._self_train()
+        return task_loss, metric, mean_sr
+
+    def step(self) -> None:
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
+        started = time.perf_counter()
+        step = self.steps
+        task_loss, metric, mean_sr = self.train_step()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
         events = self._events()
@@ -194,7 +189,7 @@ class ParticleModel(mesa.Model):
             self.running = False
 
     def _events(self) -> torch.Tensor:
-        """The population events of this step (DESIGN 1.6), applied to the bank; rows `[E, 3]`."""
+        """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
         return population_events(
             self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
             mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
@@ -245,6 +240,10 @@ class ParticleModel(mesa.Model):
             "record_rows": self.record.rows() if self.record is not None else {},
         }
 
+    def load_state(self, path: str | Path) -> None:
+        """Continue from the checkpoint at `path` (weights, optimiser buffers, random streams, gate); no record."""
+        self._load(Path(path))
+
     def _load(self, path: Path) -> dict[str, int]:
         state = load_checkpoint(path)
         with torch.no_grad():
@@ -282,7 +281,7 @@ class ParticleModel(mesa.Model):
 
 
 class OrganismModel(ParticleModel):
-    """An organism network on a task: every connection weight is a particle (DESIGN 1.3)."""
+    """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
@@ -293,9 +292,9 @@ class OrganismModel(ParticleModel):
         device = resolve_device(config.device)
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
-        o, p = config.organism, config.particle
+        o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
-        self.organism = self._network(config, ParticleSpec(p.weight_interface, p.hidden, p.activation))
+        self.organism = self._network(config, config.particle.spec())
         # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
         # line graph), so a model without either builds neither
         needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)

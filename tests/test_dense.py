@@ -76,3 +76,19 @@ def test_the_dense_record_has_the_organism_schema_without_kinds(tmp_path):
         assert (f["particles/kind"][()] == NO_KIND).all() and not f["particles/kind_counts"][()].any()
         assert np.isnan(f["particles/sr_loss"][()]).all() and not f["steps/sr_active"][()].any()
         assert np.isfinite(f["particles/held_out_metric"][()]).all()
+
+
+def test_every_analysis_script_reads_a_dense_record(tmp_path, capsys):
+    from analysis import connectivity, report, robustness, specialisation, trajectories
+
+    (tmp_path / "run").mkdir()
+    model = DenseModel(arithmetic_config("dense"), run_dir=tmp_path / "run")
+    while model.running:
+        model.step()
+    model.close()
+    for script in (specialisation, connectivity, robustness, trajectories):
+        assert script.main([str(tmp_path / "run"), "--out", str(tmp_path / "fig")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is the dense control" in err[0], err
+    assert report.main([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
