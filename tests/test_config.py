@@ -99,3 +99,12 @@ def test_the_dense_control_has_no_population_events():
     assert build_config(overrides=[("mode", "dense")]).mode == "dense"
     with pytest.raises(ConfigError, match="events.attack must be 0 in mode dense"):
         build_config(overrides=[("mode", "dense"), ("events.attack", 0.1)])
+
+
+def test_a_complete_soup_ignores_the_degree():
+    config = build_config(
+        overrides=[("mode", "soup"), ("soup.size", 5), ("soup.degree", 3), ("soup.graph", "complete")]
+    )
+    assert config.soup.graph == "complete"
+    with pytest.raises(ConfigError, match="soup.graph"):
+        build_config(overrides=[("soup.graph", "ring")])
