@@ -106,6 +106,9 @@ class DenseModel(OrganismModel):
     def _gate_threshold(self) -> float:
         return float("nan")  # no self-training: a NaN threshold never opens the gate (and `sr_active` stays 0)
 
+    def gate_status(self) -> str | None:
+        return None  # nothing waits for the gate
+
     def _self_train(self) -> torch.Tensor:
         return torch.full((), float("nan"), device=self.device)
 

@@ -123,6 +123,16 @@ class ParticleModel(mesa.Model):
     def _gate_threshold(self) -> float:
         return 0.0
 
+    def gate_status(self) -> str | None:
+        """While the gate holds self-training back, how far the task is from opening it ("self-training starts at
+        train accuracy 0.85: now 0.71", the running train metric of the last log interval); None once it runs."""
+        if self.sr_active or not self.summary:
+            return None
+        name = {"accuracy": "accuracy", "mae": "MAE"}.get(self.task.metric_name, self.task.metric_name)
+        return (
+            f"self-training starts at train {name} {self._gate_threshold():.3g}: now {self.summary['train_metric']:.3g}"
+        )
+
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One task SGD step; returns (task loss, train metric) as 0-d device tensors."""
         nan = torch.full((), float("nan"), device=self.device)
