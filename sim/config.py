@@ -428,3 +428,22 @@ def from_dict(data: dict[str, Any]) -> Config:
     config = Config()
     apply_mapping(config, data)
     return resolve(config)
+
+
+def keyword_key(keyword: str) -> str:
+    """The config key a keyword argument names: `section_key` (`task_name` -> `task.name`, `train_alpha` ->
+    `train.alpha`) or a top-level key (`steps`, `seed`); TypeError for a keyword that names no key."""
+    section, _, name = keyword.partition("_")
+    key = f"{section}.{name}" if section in SECTIONS and name else keyword
+    try:
+        check_key(key)
+    except ConfigError:
+        message = f"unexpected keyword argument {keyword!r}: not a config key (steps, seed, task_name, ...)"
+        raise TypeError(message) from None
+    return key
+
+
+def config_from_keywords(keywords: dict[str, Any], mode: str) -> Config:
+    """The resolved config of a model built from keyword arguments (as Mesa's `batch_run` builds one): the defaults
+    of `mode`, then every `section_key=value`, validated."""
+    return build_config(None, [("mode", mode), *((keyword_key(k), v) for k, v in keywords.items())])
