@@ -90,6 +90,7 @@ def check_options(args: argparse.Namespace) -> None:
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """Distance to the final weights and movement over time per final kind, PCA paths where they explain enough;
     figures into `out_dir`."""
+    run.require_particles("weight trajectories coloured by kind")
     check_options(args)
     run.require_rows("snapshots", 2, "weight trajectories")
     snapshots = run.snapshots()  # [S, P, n]
