@@ -287,6 +287,7 @@ def test_bad_report_options(arithmetic_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_report_on_a_record_being_written(tmp_path):
     out = tmp_path / "live"
     command = [sys.executable, "-m", "sim.run", "--quiet", "--task", "arithmetic", "--steps", "1000000", "--out",
