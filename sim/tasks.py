@@ -195,13 +195,15 @@ class TaskEntry:
     gate_threshold: float
 
 
+ACCURACY = Metric("accuracy", "accuracy", "held-out accuracy", True, 1.0)
+MAE = Metric("mae", "MAE", "held-out MAE", False, None)
 # The tasks: the config's `task.name` choices, their defaults and the metrics a record can name all come from here.
 TASK_TABLE = {
     entry.name: entry
     for entry in (
-        TaskEntry("mnist", _mnist, Metric("accuracy", "accuracy", "held-out accuracy", True, 1.0), width=5, hidden=5,
+        TaskEntry("mnist", _mnist, ACCURACY, width=5, hidden=5,
                   batch_size=2000, gate_threshold=0.85),
-        TaskEntry("arithmetic", _arithmetic, Metric("mae", "MAE", "held-out MAE", False, None), width=3, hidden=3,
+        TaskEntry("arithmetic", _arithmetic, MAE, width=3, hidden=3,
                   batch_size=50, gate_threshold=0.0),
     )
 }  # fmt: skip

@@ -89,7 +89,12 @@ def test_every_task_builds_with_its_metric(name):
     entry = TASK_TABLE[name]
     assert task.name == name and task.metric_name == entry.metric.name
     assert task.higher_is_better == entry.metric.higher_is_better
-    assert METRICS[task.metric_name] is entry.metric
+    assert METRICS[task.metric_name] == entry.metric
+
+
+def test_tasks_that_share_a_metric_name_share_the_metric():
+    for entry in TASK_TABLE.values():
+        assert METRICS[entry.metric.name] == entry.metric
 
 
 @pytest.mark.parametrize("metric", list(METRICS.values()), ids=list(METRICS))
