@@ -169,7 +169,7 @@ class Run:
         self.require_organism("the task")
         try:
             t = self.config.task
-            return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side)
+            return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side, t.resize)
         except DataError as exc:
             raise AnalysisError(f"cannot rebuild the task of {str(self.run_dir)!r}: {exc}") from None
 

@@ -17,6 +17,7 @@ import numpy as np
 from analysis.common import KIND_LABELS, AnalysisError, Parser, Run, metric_label, write_json
 from analysis.pruning import within_tolerance
 from analysis.report_format import fmt, md_figures, md_table, metric_words, yes
+from analysis.robustness import findings as robustness_findings
 from sim.record import is_complete
 
 SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness")
@@ -312,6 +313,9 @@ def _run_findings(report: RunReport) -> list[str]:
     pruning = report.numbers("pruning")
     if pruning is not None:
         out += pruning_findings(run, pruning)
+    robustness = report.numbers("robustness")
+    if robustness is not None:
+        out += robustness_findings(robustness)
     for o in report.outcomes:
         if o.status != "done":
             out.append(f"`analysis.{o.name}` skipped: {o.note}")

@@ -5,11 +5,12 @@ a PCA (numpy SVD of the centred rows of all snapshots of that layer's particles)
 through the snapshots in the first two and the first three components, coloured by the particle's final kind:
 `trajectories_2d.png` and `trajectories_3d.png`. The PCA uses every particle with finite weights in every snapshot
 (divergent ones are left out and counted); to stay readable, at most `--max-lines` particles of each kind are drawn
-per panel (a fixed random subset, stated in the panel title). Snapshots start at the first `snapshot_every` step: the
-initial weights are not in the record.
+per panel (a fixed random subset, stated in the panel title). Snapshots start with the initial weights (step 0); a
+run of 0 steps has that one snapshot, and its paths are single points.
 
 Numbers: explained variance ratios of the leading components per layer, and the mean path length in weight space
-(summed distance between consecutive snapshots) per final kind.
+(summed distance between consecutive snapshots) per final kind; with two snapshots or more, the movement per step
+between the last two (`trajectories_movement.png` shows it over the run).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def check_options(args: argparse.Namespace) -> None:
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """PCA trajectories per layer in 2-D and 3-D, explained variance and path lengths; figures into `out_dir`."""
     check_options(args)
-    run.require_rows("snapshots", 2, "weight trajectories")
+    run.require_rows("snapshots", 1, "weight trajectories")
     snapshots = run.snapshots()  # [S, P, n]
     kinds = run.final_kinds()  # [P]
     names = run.kind_names
@@ -133,14 +134,15 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     numbers["movement_per_step_last"] = {
         names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
         for code in np.unique(kinds)
-        if ((kinds == code) & finite).any()
+        if len(speed) and ((kinds == code) & finite).any()
     }
     present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]
     figures = [
         _figure(run, panels, present, 2, out_dir / "trajectories_2d.png"),
         _figure(run, panels, present, 3, out_dir / "trajectories_3d.png"),
-        _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
     ]
+    if len(speed):  # movement needs two snapshots
+        figures.append(_movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"))
     return Result(numbers, figures)
 
 

@@ -26,6 +26,7 @@ ACTIVATION_NAMES = ("none", "tanh", "relu", "sigmoid", "leaky_relu")
 NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
 TRAIN_ORDERS = ("sr_first", "task_first")
 SR_OPTIMIZERS = ("fresh", "persistent", "shared")
+RESIZE_MODES = ("area", "bilinear", "bilinear_antialias")
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,7 @@ class OrganismConfig:
 
     width: int | None = _f(None, lo=1)
     depth: int = _f(3, lo=1)
-    residual: bool = _f(False)
+    residual: bool = _f(True)  # a skip around every pair of middle layers, on as in the reference
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
 
@@ -63,6 +64,8 @@ class TaskConfig:
     batch_size: int | None = _f(None, lo=1)
     data_dir: str | None = _f(None)
     image_side: int = _f(15, lo=1, hi=28)  # MNIST images resized to side x side (the paper: 15; 28: no resize)
+    # how: bilinear (the reference's torchvision Resize on tensors), bilinear_antialias, or area (pixel averages)
+    resize: str = _f("bilinear", choices=RESIZE_MODES)
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainConfig:
     alpha: float = _f(1.0, lo=0.0)
     # self-training starts once the running train metric reaches this (accuracy >= t, MAE <= t); 0: from the start
     task_first_threshold: float | None = _f(None, lo=0.0)
+    # ... decided every this many steps on the mean train metric of those steps (the reference: once per epoch)
+    task_first_window: int = _f(10, lo=1)
     order: str = _f("sr_first", choices=TRAIN_ORDERS)
     # fresh: SR optimiser re-created every step (the reference); persistent: its own, kept; shared: the task's
     sr_optimizer: str = _f("fresh", choices=SR_OPTIMIZERS)

@@ -99,6 +99,9 @@ class ParticleModel(mesa.Model):
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
+        # the gate's own accumulator: its window is `train.task_first_window` steps, whatever the record settings
+        self._gate_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._gate_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
 
         if agents:
@@ -116,6 +119,10 @@ class ParticleModel(mesa.Model):
                 self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.spec.n_weights,
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
+            if not resume:
+                # the initial state is step 0: a run of 0 steps is a complete record of it
+                self._log(0)
+                self._snapshot(0)
 
     @property
     def n_particles(self) -> int:
@@ -164,6 +171,7 @@ class ParticleModel(mesa.Model):
         """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
+        sr_active = self.sr_active  # the gate may open during this step, for the next
         if self.config.train.order == "sr_first":
             mean_sr = self._self_train()
             task_loss, metric = self._task_step()
@@ -172,9 +180,11 @@ class ParticleModel(mesa.Model):
             mean_sr = self._self_train()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
+        if not self.sr_active:
+            self._update_gate(step, metric.detach())
         events = self._events()
         if self.record is not None:
-            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
+            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
             self.record.add_events(step, events)
         last = step >= self.config.steps
@@ -192,19 +202,31 @@ class ParticleModel(mesa.Model):
             mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
         )  # fmt: skip
 
+    def _update_gate(self, step: int, metric: torch.Tensor) -> None:
+        """The train-task-first gate (DESIGN 1.4): at every step that is a multiple of `train.task_first_window`, it
+        opens for good if the mean train metric of the window's steps reached the threshold. It reads nothing of
+        the record settings, so logging cannot move it; the host reads the metric once per window."""
+        self._gate_sum += metric.double()
+        self._gate_count += 1
+        if step % self.config.train.task_first_window:
+            return
+        mean = float(self._gate_sum) / self._gate_count
+        self._gate_sum.zero_()
+        self._gate_count = 0
+        self.sr_active = self.task.gate_open(mean, self._gate_threshold())
+
     def _log(self, step: int) -> None:
-        """Classify, log per-particle state, update the train-task-first gate, flush the record."""
+        """Classify, log per-particle state, flush the record."""
         with torch.no_grad():
             weights = self.weights.detach()
             kind = classify(weights, self.spec)  # [P]
             losses = sr_loss(weights, self.spec)  # [P]
             effective = effective_weights(weights, self.spec)  # [P]
         held_out = self.held_out_metric()
-        running = float(self._metric_sum) / max(self._metric_count, 1)
+        # the mean train metric since the last log (NaN at step 0, before any training)
+        running = float(self._metric_sum) / self._metric_count if self._metric_count else float("nan")
         self._metric_sum.zero_()
         self._metric_count = 0
-        if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
-            self.sr_active = True
         counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
@@ -237,6 +259,8 @@ class ParticleModel(mesa.Model):
             "sr_active": self.sr_active,
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
+            "gate_sum": float(self._gate_sum),
+            "gate_count": self._gate_count,
             "record_rows": self.record.rows() if self.record is not None else {},
         }
 
@@ -252,6 +276,8 @@ class ParticleModel(mesa.Model):
         self.sr_active = state["sr_active"]
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
+        self._gate_sum.fill_(state["gate_sum"])
+        self._gate_count = state["gate_count"]
         self.steps = state["step"]
         return state["record_rows"]
 
@@ -287,7 +313,7 @@ class OrganismModel(ParticleModel):
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
         t = config.task
-        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
+        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side, t.resize)
         o, p = config.organism, config.particle
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
         self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,

