@@ -39,7 +39,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     Result,
     Run,
@@ -266,7 +266,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     ax = axes[0, 0]
     parts = ax.boxplot([r.sr_steps for r in results], positions=x, **box)
     for patch in parts["boxes"]:
-        patch.set_facecolor(KIND_COLORS["self_replicator"])
+        patch.set_facecolor(KIND_COLOURS["self_replicator"])
         patch.set_alpha(0.6)
     stayed = [e["stayed_sr_fraction"] for e in numbers["levels"].values()]
     if any(stayed):
@@ -280,7 +280,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     shown = [v if len(v) else np.array([np.nan]) for v in verged]
     parts = ax.boxplot(shown, positions=x, **box)
     for patch in parts["boxes"]:
-        patch.set_facecolor(KIND_COLORS["zero"])
+        patch.set_facecolor(KIND_COLOURS["zero"])
         patch.set_alpha(0.6)
     top = max([float(v.max()) for v in verged if len(v)], default=1.0)
     if not any(len(v) for v in verged):
@@ -297,7 +297,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     present = [k for k in KIND_NAMES if any(e["end_fraction"][k] > 0 for e in numbers["levels"].values())]
     for kind in present:
         share = np.array([e["end_fraction"][kind] for e in numbers["levels"].values()])
-        ax.bar(x, share, bottom=bottom, color=KIND_COLORS[kind], width=0.7)
+        ax.bar(x, share, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
         bottom += share
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of noisy copies")
@@ -321,7 +321,7 @@ def _stability_panel(ax: Any, numbers: dict[str, Any]) -> None:
     st = numbers["stability"]
     radius = np.asarray(st["spectral_radius"])
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(radius))
-    ax.scatter(1 + jitter, radius, s=14, color=KIND_COLORS["self_replicator"], alpha=0.7, label="self-replicator")
+    ax.scatter(1 + jitter, radius, s=14, color=KIND_COLOURS["self_replicator"], alpha=0.7, label="self-replicator")
     ax.axhspan(0, 1, color="#2ca02c", alpha=0.15, label="attracting (rho < 1)")
     ax.axhline(1, color="black", lw=1, ls=":")
     ax.set_xlim(0.5, 1.5)

@@ -1,4 +1,4 @@
-"""The batched particle bank against the plain per-particle reference in tests/reference.py (DESIGN 1.1, 1.2)."""
+"""The batched particle bank against the plain per-particle reference in tests/reference.py (docs/science.md §1, §2)."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def test_bank_matches_the_reference_for_any_shape(n_particles, k, h, activation,
     )
 
 
-# --- kinds (DESIGN 1.2) on constructed particles ---------------------------------------------------------------------
+# --- kinds (docs/science.md §2) on constructed particles -------------------------------------------------------
 
 
 def replicator(spec: ParticleSpec, effective: float = 0.0) -> torch.Tensor:
@@ -345,7 +345,7 @@ def test_sr_train_lets_a_particle_diverge_silently():
 
 
 def plain_self_application(w: torch.Tensor, k: int, h: int, activation: str) -> torch.Tensor:
-    """`w' = p_w(c(w))` of one particle `[n] -> [n]`, written out from DESIGN 1.1 and differentiable in w: the
+    """`w' = p_w(c(w))` of one particle `[n] -> [n]`, written out from docs/science.md §1 and differentiable in w: the
     coordinate rows carry w itself in their first column, and the particle's layers are read from w."""
     n = k * h + h * h + h
     W1, W2, W3 = w[: k * h].reshape(h, k), w[k * h : k * h + h * h].reshape(h, h), w[k * h + h * h :].reshape(1, h)
