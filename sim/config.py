@@ -21,7 +21,7 @@ import yaml
 
 from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
-from sim.tasks import TASK_TABLE
+from sim.tasks import DEFAULT_RESIZE, RESIZE_MODES, TASK_TABLE
 
 MODES = ("organism", "soup")
 TASKS = tuple(TASK_TABLE)
@@ -31,7 +31,6 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
 TRAIN_ORDERS = ("sr_first", "task_first")
 SR_OPTIMIZERS = ("fresh", "persistent", "shared")
-RESIZE_MODES = ("area", "bilinear", "bilinear_antialias")
 SOUP_GRAPHS = ("regular", "complete")
 
 
@@ -78,7 +77,7 @@ class TaskConfig:
     data_dir: str | None = _f(None)
     image_side: int = _f(15, lo=1, hi=28)  # MNIST images resized to side x side (the paper: 15; 28: no resize)
     # how: bilinear (the reference's torchvision Resize on tensors), bilinear_antialias, or area (pixel averages)
-    resize: str = _f("bilinear", choices=RESIZE_MODES)
+    resize: str = _f(DEFAULT_RESIZE, choices=RESIZE_MODES)
 
 
 @dataclass

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sim.config import RESIZE_MODES
-
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
 RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
-# how 28 x 28 becomes side x side (`RESIZE_MODES`): the reference's torchvision `Resize` on tensors is bilinear
-# without antialiasing
+# how 28 x 28 becomes side x side (`resize_images`); the default is the reference's: torchvision's `Resize` on tensors,
+# bilinear without antialiasing
+RESIZE_MODES = ("area", "bilinear", "bilinear_antialias")
 DEFAULT_RESIZE = "bilinear"
 N_CLASSES = 10
 EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
