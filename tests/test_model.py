@@ -108,6 +108,29 @@ def test_task_first_gate_ignores_the_record_settings(tmp_path, task, threshold, 
     assert all(torch.equal(finals[0], other) for other in finals[1:])
 
 
+def test_resume_mid_window_keeps_the_gate(tmp_path):
+    """A checkpoint in the middle of a gate window carries the window's partial sum: the resumed run opens the gate at
+    the same step and ends bit-identical."""
+    config = build_config(overrides=[("steps", 40), ("task.batch_size", 200), ("train.task_first_threshold", 0.4),
+                                     ("train.task_first_window", 7), ("record.snapshot_every", 5)])  # fmt: skip
+    whole, rows = run_to_end(config, tmp_path / "whole")
+    (tmp_path / "cut").mkdir()
+    cut = OrganismModel(config, run_dir=tmp_path / "cut", agents=False)
+    while cut.steps < 17:  # the last checkpoint is at step 15, inside the window 15..21
+        cut.step()
+    cut.close()
+    resumed = OrganismModel(config, run_dir=tmp_path / "cut", resume=True, agents=False)
+    assert resumed.steps == 15
+    while resumed.steps < config.steps:
+        resumed.step()
+    resumed.close()
+    with open_record(tmp_path / "cut") as f:
+        resumed_rows = read_group(f, "steps")
+    assert rows["step"][rows["sr_active"].astype(bool)][0] > 17  # the gate opens after the resume
+    np.testing.assert_array_equal(resumed_rows["sr_active"], rows["sr_active"])
+    assert torch.equal(resumed.weights.detach(), whole.weights.detach())
+
+
 def test_a_closed_gate_stays_closed(tmp_path):
     config = build_config(overrides=[("steps", 12), ("task.batch_size", 64), ("train.task_first_threshold", 1.0),
                                      ("train.task_first_window", 3)])  # fmt: skip

@@ -177,7 +177,11 @@ def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_ru
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, "--out", str(killed)], cwd=ROOT)
     deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+
+    def trained_checkpoint() -> bool:  # the step-0 checkpoint comes before any training: wait for the next one
+        return (killed / "checkpoint.pt").exists() and load_checkpoint(killed / "checkpoint.pt")["step"] > 0
+
+    while not trained_checkpoint() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(random.uniform(0.2, 1.0))
     os.kill(proc.pid, signal.SIGKILL)
