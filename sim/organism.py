@@ -14,6 +14,22 @@ import torch
 from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
 
 
+def skipped_pairs(depth: int) -> list[int]:
+    """The first layer of every pair of middle layers that a residual skip goes around, for `depth` layers: 1, 3, 5, ...
+    while the pair's second layer is still a middle one (the first and last layers never take part)."""
+    return list(range(1, depth - 2, 2))
+
+
+def check_residual_widths(sizes: list[int]) -> None:
+    """ValueError unless the widths around every skipped pair of layer sizes `sizes` match (the skip adds them)."""
+    for first in skipped_pairs(len(sizes) - 1):
+        if sizes[first] != sizes[first + 2]:
+            raise ValueError(
+                f"organism.residual adds the input of layer {first} to the output of layer {first + 1}, which needs "
+                f"equal widths, got {sizes[first]} and {sizes[first + 2]} (set organism.residual false)"
+            )
+
+
 class Organism:
     """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
 
@@ -24,20 +40,10 @@ class Organism:
         self.spec = spec
         self.residual = residual
         self.activation = activation
-        for first in self.skipped_pairs() if residual else []:
-            if self.sizes[first] != self.sizes[first + 2]:
-                raise ValueError(
-                    f"organism.residual adds the input of layer {first} to the output of layer {first + 1}, which "
-                    f"needs equal widths, got {self.sizes[first]} and {self.sizes[first + 2]} (set organism.residual "
-                    f"false)"
-                )
+        if residual:
+            check_residual_widths(self.sizes)
         counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]
         self.offsets = [0, *itertools.accumulate(counts)]  # particle id range of layer l: offsets[l]:offsets[l+1]
-
-    def skipped_pairs(self) -> list[int]:
-        """The first layer of every pair of middle layers that a residual skip goes around: 1, 3, 5, ... while the
-        pair's second layer is still a middle one (the first and last layers never take part)."""
-        return list(range(1, self.depth - 2, 2))
 
     @property
     def n_particles(self) -> int:
@@ -68,7 +74,7 @@ class Organism:
             effective = effective_weights(weights, self.spec).split(counts)  # [P_l] per layer
         act = ACTIVATIONS[self.activation]
         skip = None
-        pairs = self.skipped_pairs()
+        pairs = skipped_pairs(self.depth)
         for layer in range(self.depth):
             if layer_inputs is not None:
                 layer_inputs.append(x)
