@@ -309,7 +309,8 @@ class ParticleModel(mesa.Model):
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
-        self.datacollector.collect(self)
+        if step > 0:  # the collector's entry i is step i + 1 (Mesa's layout); the initial state lives in the record
+            self.datacollector.collect(self)
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
