@@ -223,12 +223,12 @@ def findings(numbers: dict[str, Any]) -> list[str]:
     verdict = (
         f"{attracting} of {n} are attracting fixpoints (rho < 1)"
         if attracting
-        else f"none is an attracting fixpoint, which needs rho < 1: even the smallest rho, {radius['min']:.4g}, lets a "
+        else f"none is an attracting fixpoint, which needs rho < 1: even the smallest rho, {radius['min']:.3g}, lets a "
         f"deviation grow {radius['min']:.3g}-fold per self-application"
     )
     out = [
         f"Spectral radius rho of the self-application Jacobian at the {n} final self-replicators: median "
-        f"{radius['median']:.4g} (range {radius['min']:.4g} to {radius['max']:.4g}); {verdict}."
+        f"{radius['median']:.3g} (range {radius['min']:.3g} to {radius['max']:.3g}); {verdict}."
     ]
     control = numbers["levels"].get("0", {}).get("sr_steps")
     if predicted is not None:

@@ -233,7 +233,7 @@ def _training_figure(
         _markers(ax, numbers, first_step)
         ax.set_xlabel("step")
         ax.set_ylabel(metric_label(run.metric_name))
-        ax.set_title(f"Task metric (end: {numbers['final_metric']:.4g} held-out)")
+        ax.set_title(f"Task metric (end: {numbers['final_metric']:.3g} held-out)")
         ax.legend(fontsize=8, loc="best")
         ax = axes[0, 1]
     elif show_events:

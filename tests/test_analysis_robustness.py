@@ -164,7 +164,7 @@ def test_spectral_radius_and_predicted_steps_match_a_plain_computation(arithmeti
         assert stability["predicted_sr_steps"][i] == t
     assert stability["attracting_count"] == sum(x < 1 for x in stability["spectral_radius"])
     lines = findings(numbers)
-    assert f"{stability['spectral_radius_summary']['median']:.4g}" in lines[0]
+    assert f"{stability['spectral_radius_summary']['median']:.3g}" in lines[0]
     assert f"median of {stability['predicted_sr_steps_summary']['median']:g} self-applications" in lines[1]
 
 
