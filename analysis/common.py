@@ -31,7 +31,15 @@ from sim.config import Config, ConfigError, from_dict  # noqa: E402
 from sim.model import DTYPES  # noqa: E402
 from sim.organism import Organism  # noqa: E402
 from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
-from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group  # noqa: E402
+from sim.record import (  # noqa: E402
+    RecordError,
+    group_length,
+    load_checkpoint,
+    open_record,
+    read_attrs,
+    read_group,
+    resolve_inside,
+)
 from sim.run import Parser, UsageError  # noqa: E402
 from sim.tasks import DataError, Task, make_task  # noqa: E402
 
@@ -136,7 +144,7 @@ class Run:
     def final_weights(self) -> tuple[torch.Tensor, int, str]:
         """The final particle bank `[P, n]` in the run's dtype, its step, and where it came from."""
         if self._weights is None:
-            checkpoint = self.run_dir / str(self.attrs.get("checkpoint", "checkpoint.pt"))
+            checkpoint = resolve_inside(self.run_dir, str(self.attrs.get("checkpoint", "checkpoint.pt")))
             if checkpoint.is_file():
                 state = load_checkpoint(checkpoint)
                 try:

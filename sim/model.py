@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ from sim.particles import (
     sr_train_,
 )
 from sim.record import (
+    CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     RECORD_NAME,
+    RecordError,
     RecordWriter,
+    config_digest,
     git_commit,
     load_checkpoint,
     package_versions,
@@ -57,6 +61,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
     return torch.device(name)
+
+
+def _pack_pcg64(state: dict[str, Any]) -> torch.Tensor:
+    """NumPy's PCG64 state as bytes `[37]` uint8: state and increment (128 bits each), then the buffered 32 bits
+    (a flag byte and 4 bytes), all little-endian."""
+    if state.get("bit_generator") != "PCG64":
+        raise ValueError(f"cannot checkpoint NumPy's {state.get('bit_generator')} generator (PCG64 only)")
+    raw = (state["state"]["state"].to_bytes(16, "little") + state["state"]["inc"].to_bytes(16, "little")
+           + bytes([state["has_uint32"]]) + state["uinteger"].to_bytes(4, "little"))  # fmt: skip
+    return torch.tensor(list(raw), dtype=torch.uint8)
+
+
+def _unpack_pcg64(packed: torch.Tensor) -> dict[str, Any]:
+    raw = bytes(packed.tolist())
+    if len(raw) != 37:
+        raise ValueError(f"NumPy generator state of {len(raw)} bytes, not 37")
+    return {"bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(raw[:16], "little"), "inc": int.from_bytes(raw[16:32], "little")},
+            "has_uint32": raw[32], "uinteger": int.from_bytes(raw[33:37], "little")}  # fmt: skip
 
 
 class ParticleModel(mesa.Model):
@@ -109,6 +132,7 @@ class ParticleModel(mesa.Model):
                 ParticleAgent(self, index, self.grid[index])
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_id = uuid.uuid4().hex  # which run a checkpoint belongs to (a resumed run keeps its own)
         self.record: RecordWriter | None = None
         if self.run_dir is not None:
             rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
@@ -219,22 +243,36 @@ class ParticleModel(mesa.Model):
             return
         self.record.flush()
         self.record.add_snapshot(step, self.weights)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Flush the record and save a checkpoint of this step (what a clean stop between snapshots does too)."""
+        if self.record is None:
+            return
         self.record.flush()
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
 
     # --- checkpoints -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit-identically."""
+        """Everything a resumed run needs to continue bit-identically, as tensors, numbers and strings only (what
+        `torch.load(weights_only=True)` reads), with the run's identity: seed, run id, config digest, record rows."""
+        version, mt_state, gauss = self.random.getstate()
+        config = self.config.to_dict()
         return {
+            "format": CHECKPOINT_FORMAT,
             "step": self.steps,
-            "config": self.config.to_dict(),
+            "seed": self.config.seed,
+            "run_id": self.run_id,
+            "config": config,
+            "config_digest": config_digest(config),
             "weights": self.weights.detach().cpu().clone(),
             "task_momentum": self.task_momentum.cpu().clone(),
             "sr_momentum": self.sr_momentum.cpu().clone(),
             "generator": self.generator.get_state(),
-            "python_random": self.random.getstate(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "sr_active": self.sr_active,
+            "python_random": torch.tensor([version, *mt_state], dtype=torch.int64),  # [626]
+            "python_random_gauss": gauss,
+            "numpy_rng": _pack_pcg64(self.rng.bit_generator.state),  # [34] uint8
+            "sr_active": bool(self.sr_active),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
             "record_rows": self.record.rows() if self.record is not None else {},
@@ -242,17 +280,27 @@ class ParticleModel(mesa.Model):
 
     def _load(self, path: Path) -> dict[str, int]:
         state = load_checkpoint(path)
-        with torch.no_grad():
-            self.weights.copy_(state["weights"].to(self.device, self.dtype))
-        self.task_momentum.copy_(state["task_momentum"].to(self.device, self.dtype))
-        self.sr_momentum.copy_(state["sr_momentum"].to(self.device, self.dtype))
-        self.generator.set_state(state["generator"])
-        self.random.setstate(state["python_random"])
-        self.rng.bit_generator.state = state["numpy_rng"]
+        if tuple(state["weights"].shape) != tuple(self.weights.shape):
+            raise RecordError(
+                f"checkpoint {str(path)!r} holds a bank of shape {tuple(state['weights'].shape)}, the config makes "
+                f"{tuple(self.weights.shape)}"
+            )
+        try:
+            with torch.no_grad():
+                self.weights.copy_(state["weights"].to(self.device, self.dtype))
+            self.task_momentum.copy_(state["task_momentum"].to(self.device, self.dtype))
+            self.sr_momentum.copy_(state["sr_momentum"].to(self.device, self.dtype))
+            self.generator.set_state(state["generator"])
+            mt = state["python_random"].tolist()
+            self.random.setstate((mt[0], tuple(mt[1:]), state["python_random_gauss"]))
+            self.rng.bit_generator.state = _unpack_pcg64(state["numpy_rng"])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise RecordError(f"checkpoint {str(path)!r} holds unusable state ({exc})") from None
         self.sr_active = state["sr_active"]
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
         self.steps = state["step"]
+        self.run_id = state["run_id"]
         return state["record_rows"]
 
     def _record_attrs(self) -> dict[str, Any]:
@@ -267,6 +315,7 @@ class ParticleModel(mesa.Model):
             "mode": self.mode,
             "device": str(self.device),
             "checkpoint": CHECKPOINT_NAME,
+            "run_id": self.run_id,
             **self._extra_attrs(),
         }
 

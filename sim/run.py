@@ -6,7 +6,7 @@ Bad input ends with a one-line error on stderr and exit status 2, before anythin
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
 import sys
 import time
 from datetime import datetime
@@ -15,10 +15,20 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from sim.config import MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value
+from sim.config import MODES, TASKS, Config, ConfigError, build_config, from_dict, load_file, parse_value
 from sim.model import OrganismModel, ParticleModel, resolve_device
 from sim.particles import KIND_NAMES
-from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, RecordError, load_checkpoint
+from sim.record import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    RECORD_NAME,
+    RecordError,
+    RecordWriteError,
+    check_resume,
+    load_checkpoint,
+)
+from sim.rundir import RunDir
+from sim.signals import StopOnSignal
 from sim.soup import SoupModel
 from sim.tasks import DataError
 
@@ -97,21 +107,18 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-s{config.seed}"
 
 
-def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
-    """Validated config and the run directory (checked, not yet written); whether the directory was created."""
+def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """Validated config and the run directory (checked, not yet written: `RunDir.claim` creates and locks it)."""
     config = config_from_args(args)
     resolve_device(config.device)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {str(run_dir)!r} is an existing file, not a directory")
-    if (run_dir / RECORD_NAME).exists():
-        raise UsageError(f"--out {str(run_dir)!r} already holds a run record (use --resume to continue it)")
-    created = not run_dir.exists()
-    return config, run_dir, created
+    return config, run_dir
 
 
-def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The recorded config of the run to resume, and its directory."""
+def prepare_resume(args: argparse.Namespace) -> Path:
+    """The run directory to resume, checked before it is locked (flags that cannot go with --resume)."""
     extra = [flag for flag in ("config", "mode", "task", "steps", "seed", "out") if getattr(args, flag) is not None]
     if extra or args.set:
         names = ", ".join([f"--{f}" for f in extra] + (["--set"] if args.set else []))
@@ -119,12 +126,24 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     run_dir = Path(args.resume)
     if not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / RECORD_NAME).is_file():
         raise UsageError(f"--resume {str(run_dir)!r} holds no checkpoint and record to resume from")
+    return run_dir
+
+
+def resume_state(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict, str | None]:
+    """The recorded config of the run to resume, its checkpoint, and a note on steps it re-runs; RecordError (one
+    line) when the checkpoint, the record and `config.yaml` do not belong together. Reads only, under the lock."""
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    config = from_dict(state["config"])
+    config_path = run_dir / CONFIG_NAME
+    config_file = load_file(config_path) if config_path.is_file() else None
+    note = check_resume(run_dir, state, config_file)
+    try:
+        config = from_dict(state["config"])
+    except ConfigError as exc:
+        raise RecordError(f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r} holds an invalid config ({exc})") from None
     if args.device is not None:
         config.device = args.device
     resolve_device(config.device)
-    return config, run_dir
+    return config, state, note
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
@@ -149,13 +168,14 @@ def _postfix(model: ParticleModel) -> dict[str, str]:
     return out
 
 
-def simulate(model: ParticleModel, quiet: bool) -> float:
-    """Step the model to the end of its config, with a progress bar on a terminal; returns the wall time."""
+def simulate(model: ParticleModel, quiet: bool, stop: StopOnSignal | None = None) -> float:
+    """Step the model to the end of its config, with a progress bar on a terminal; returns the wall time. With
+    `stop`, ends early after the step during which a stop signal came."""
     total = model.config.steps
     started = time.perf_counter()
     show = not quiet and sys.stdout.isatty()
     with tqdm(total=total, initial=model.steps, disable=not show, unit="step", dynamic_ncols=True) as bar:
-        while model.steps < total:
+        while model.steps < total and not (stop is not None and stop.signum):
             model.step()
             bar.update(1)
             if model.steps % model.config.record.log_every == 0:
@@ -164,38 +184,55 @@ def simulate(model: ParticleModel, quiet: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    claim: RunDir | None = None
     try:
         args = parser().parse_args(argv)
-        created = False
         if args.resume:
-            config, run_dir = prepare_resume(args)
-            state_step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
-            if state_step >= config.steps:
-                print(f"run {run_dir} is already complete ({state_step} steps)")
+            run_dir = prepare_resume(args)
+            claim = RunDir.claim(run_dir, new=False)
+            config, state, note = resume_state(args, run_dir)
+            if state["step"] >= config.steps:
+                claim.release()
+                print(f"run {run_dir} is already complete ({state['step']} steps)")
                 return 0
+            if note:
+                print(f"sim.run: {note}", file=sys.stderr)
         else:
-            config, run_dir, created = prepare_new_run(args)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            model = build_model(config, run_dir, resume=bool(args.resume))
-        except BaseException:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-    except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
-        print(f"sim.run: error: {exc}", file=sys.stderr)
+            config, run_dir = prepare_new_run(args)
+            claim = RunDir.claim(run_dir, new=True)
+        model = build_model(config, run_dir, resume=bool(args.resume))
+        if not args.resume:
+            write_config(config, run_dir)
+    except (UsageError, ConfigError, DataError, RecordError, ValueError, OSError, KeyboardInterrupt) as exc:
+        if claim is not None:
+            claim.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            print("sim.run: interrupted before the run started; nothing was written", file=sys.stderr)
+            return 130
+        if isinstance(exc, OSError):
+            exc = RecordWriteError(f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else str(exc))
+        print(f"sim.run: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
-    if not args.resume:
-        write_config(config, run_dir)
     try:
-        elapsed = simulate(model, args.quiet)
-    except KeyboardInterrupt:
-        model.close()
-        print(
-            f"\ninterrupted at step {model.steps}; resume with: python -m sim.run --resume {run_dir}", file=sys.stderr
-        )
-        return 130
-    model.close()
+        with StopOnSignal() as stop:
+            elapsed = simulate(model, args.quiet, stop)
+            if stop.signum:
+                model.checkpoint()
+                model.close()
+                claim.release()
+                print(
+                    f"{stop.name}: stopped at step {model.steps}; resume with: python -m sim.run --resume {run_dir}",
+                    file=sys.stderr,
+                )
+                return stop.exit_status
+            model.close()
+    except RecordWriteError as exc:
+        with contextlib.suppress(RecordWriteError):
+            model.close()  # the record stops at its last committed rows
+        claim.release()
+        print(f"sim.run: error: {exc}; the rows written before it and the last checkpoint are kept", file=sys.stderr)
+        return 1
+    claim.release()
     done = model.steps
     summary = model.summary
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")

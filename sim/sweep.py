@@ -35,6 +35,7 @@ from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, f
 from sim.model import resolve_device
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
 from sim.run import Parser, UsageError, build_model, simulate, write_config
+from sim.rundir import RunDir
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
@@ -324,19 +325,23 @@ def run_one(config: dict[str, Any], run_dir: str, topic: str, index: int) -> Non
     path = Path(run_dir)
     if is_complete(path):
         return
-    resume = (path / CHECKPOINT_NAME).is_file() and (path / RECORD_NAME).is_file()
-    if resume and load_checkpoint(path / CHECKPOINT_NAME)["config"] != config:
-        raise SweepError(f"{run_dir} holds a checkpoint of another config; move it away to rerun")
-    if not resume:
-        _clear(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = build_model(planned, path, resume=resume)
+    claim = RunDir.claim(path, new=False)  # one writer: a `sim.run --resume` on it meanwhile is refused
     try:
+        resume = (path / CHECKPOINT_NAME).is_file() and (path / RECORD_NAME).is_file()
+        if resume and load_checkpoint(path / CHECKPOINT_NAME)["config"] != config:
+            raise SweepError(f"{run_dir} holds a checkpoint of another config; move it away to rerun")
         if not resume:
-            write_config(planned, path)
-        simulate(model, quiet=True)
+            _clear(path)
+        model = build_model(planned, path, resume=resume)
+        try:
+            if not resume:
+                write_config(planned, path)
+            simulate(model, quiet=True)
+        finally:
+            model.close()
     finally:
-        model.close()
+        claim.release()
 
 
 # --- the client -------------------------------------------------------------------------------------------------------

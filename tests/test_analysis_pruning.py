@@ -79,7 +79,7 @@ def rebuild(run_dir: Path) -> Rebuilt:
         kinds = np.array(names)[f["particles/kind"][-1]]
         record_metric = float(f["particles/held_out_metric"][-1])
         metric_name = f.attrs["metric_name"]
-    weights = torch.load(run_dir / "checkpoint.pt", weights_only=False)["weights"].float()
+    weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["weights"].float()
     p = config["particle"]
     spec = ParticleSpec(p["weight_interface"], p["hidden"], p["activation"])
     task = make_task(config["task"]["name"], config["seed"], "cpu", torch.float32)

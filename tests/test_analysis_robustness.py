@@ -103,7 +103,7 @@ def test_run_numbers_match_a_plain_loop_per_particle(soup_run, tmp_path):
     numbers, out = run_cli(main, soup_run, tmp_path, "--repeats", "2", "--max-steps", str(cap),
                            "--noise-exponents", "3", "7")  # fmt: skip
     r = read_record(soup_run)
-    weights = torch.load(soup_run / "checkpoint.pt", weights_only=False)["weights"].double().numpy()
+    weights = torch.load(soup_run / "checkpoint.pt", weights_only=True)["weights"].double().numpy()
     ids = np.flatnonzero(r["particles/kind"][-1] == SELF_REPLICATOR)
     assert numbers["n_self_replicators"] == len(ids) > 0
     assert list(numbers["levels"]) == ["0", "1e-7", "1e-3"]
