@@ -12,36 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from sim.config import Config, ConfigError, from_dict  # noqa: E402
-from sim.model import DTYPES  # noqa: E402
-from sim.organism import Organism  # noqa: E402
-from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
-from sim.record import (  # noqa: E402
-    RecordError,
-    group_length,
-    load_checkpoint,
-    open_record,
-    read_attrs,
-    read_group,
-    resolve_inside,
-)
-from sim.run import Parser, UsageError  # noqa: E402
-from sim.tasks import DataError, Task, make_task  # noqa: E402
+from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
+from sim.config import DTYPES, Config, ConfigError, from_dict
+from sim.organism import Organism
+from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights
+from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group, resolve_inside
+from sim.tasks import DataError, Task, make_task
 
 # one colour per kind, the same in every figure
 KIND_COLORS = {
@@ -111,8 +97,7 @@ class Run:
 
     @property
     def spec(self) -> ParticleSpec:
-        p = self.config.particle
-        return ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        return self.config.particle.spec()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -222,7 +207,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 @dataclass
 class Contributions:
-    """Task contribution of every particle on the held-out set (DESIGN 1.5), arrays `[P]`.
+    """Task contribution of every particle on the held-out set (docs/science.md §5), arrays `[P]`.
 
     `absolute` is the mean |carried value| (for linear particles |effective weight x input value|); `share` the
     fraction of its target neuron's summed absolute input it carries; `relative` = share x fan-in, so 1 is an
@@ -373,15 +358,14 @@ def cli(
     Torch runs on one thread meanwhile: the analyses make many small forwards (1000 x 225 x 5 for MNIST), where
     handing work between threads costs more than it saves (70 ms instead of 1 ms per forward on a busy 2-core machine).
     """
+    headless_matplotlib()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         args = parser.parse_args(argv)
         lines = action(args)
     except (UsageError, RecordError, AnalysisError) as exc:
-        message = " ".join(str(exc).splitlines())  # one line, whatever the underlying library wrote
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        return error_exit(prog, exc)
     finally:
         torch.set_num_threads(threads)
     for line in lines:

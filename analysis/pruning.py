@@ -1,4 +1,4 @@
-"""`python -m analysis.pruning RUN_DIR`: particle dropout and pruning strategies at equal sparsity (DESIGN 1.5).
+"""`python -m analysis.pruning RUN_DIR`: particle dropout and pruning strategies at equal sparsity (docs/science.md §5).
 
 The organism is rebuilt from the final weights (the checkpoint the record names) and measured on the task's held-out
 set, the same split as in training. Pruning a particle means zeroing its weight vector, so it carries nothing.

@@ -1,4 +1,5 @@
-"""`python -m analysis.specialisation RUN_DIR`: how the particles specialise over a run (DESIGN 1.5, first claim).
+"""`python -m analysis.specialisation RUN_DIR`: how the particles specialise over a run
+(docs/science.md §5, first claim).
 
 Reads the record's `/particles` rows (kind of every particle, its SR loss, the held-out metric) and `/steps` rows, and
 draws:

@@ -23,17 +23,9 @@ import numpy as np
 import solara
 
 from sim.config import EVENT_RATES, SOUP_EVENT_DEFAULTS, TASKS, Config, build_config
-from sim.model import OrganismModel, ParticleModel
-from sim.particles import KIND_NAMES
-from sim.record import RecordError
-from sim.soup import SoupModel
-from sim.view import (
-    REPLAY_ENV,
-    Replay,
-    incompatible_widgets,
+from sim.figures import (
     kind_counts_figure,
     kinds_text,
-    load_replay,
     model_layout,
     particle_state,
     series_figure,
@@ -41,6 +33,12 @@ from sim.view import (
     topology_figure,
     weights_figure,
 )
+from sim.model import OrganismModel, ParticleModel
+from sim.particles import KIND_NAMES
+from sim.record import RecordError
+from sim.replay import Replay, load_replay
+from sim.soup import SoupModel
+from sim.view import REPLAY_ENV, incompatible_widgets
 
 with warnings.catch_warnings():
     # Solara's hook check flags a `use_state` after an early return in Mesa's ComponentsView; that return is taken

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sim import particles
-from sim.config import build_config
+from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
+from sim.config import DEVICES, ConfigError, build_config, resolve_device
 from sim.model import OrganismModel, ParticleModel
 from sim.organism import Organism
 from sim.particles import ParticleSpec
-from sim.run import Parser, UsageError
 from sim.soup import SoupModel
 
 LR = 0.004
@@ -222,7 +222,7 @@ class Loop:
 
     @torch.no_grad()
     def classify(self) -> torch.Tensor:
-        """Kind code of every particle, first match wins (DESIGN 1.2), one particle at a time."""
+        """Kind code of every particle, first match wins (docs/science.md §2), one particle at a time."""
         eps = particles.KIND_EPS
         kinds = []
         for particle in self.particle_modules:
@@ -463,9 +463,6 @@ def format_table(results: dict) -> str:
 
 def plot_scaling(results: dict, path: Path) -> None:
     """SR-step time per particle against the bank size, on a log axis of sizes, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = [int(p) for p in results["sr_scaling_ns_per_particle"]]
@@ -487,19 +484,10 @@ def plot_scaling(results: dict, path: Path) -> None:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats: a whole run in under a minute on a 2-core CPU")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default auto)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the SR-step scaling as a PNG to FILE")
     return p
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when a GPU is present; `cuda` without one is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
             if path is not None and not path.parent.is_dir():
                 raise UsageError(f"{flag}: directory {path.parent} does not exist")
-    except UsageError as exc:
-        print(f"sim.bench: error: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ConfigError) as exc:
+        return error_exit("sim.bench", exc)
     results = run(device, QUICK if args.quick else FULL, CASES, quick=args.quick)
     print(format_table(results))
     if args.plot is not None:
+        headless_matplotlib()
         plot_scaling(results, args.plot)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

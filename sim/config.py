@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+
+from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
 
 MODES = ("organism", "soup")
 TASKS = ("mnist", "arithmetic")
-DTYPES = ("float32", "float64")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
-ACTIVATION_NAMES = ("none", "tanh", "relu", "sigmoid", "leaky_relu")
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
 TRAIN_ORDERS = ("sr_first", "task_first")
 SR_OPTIMIZERS = ("fresh", "persistent", "shared")
@@ -46,13 +49,20 @@ class OrganismConfig:
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
 
+_SPEC = ParticleSpec()
+
+
 @dataclass
 class ParticleConfig:
-    """Shape of every particle: k = `weight_interface` inputs, `hidden` units, optional activation."""
+    """The config's side of `ParticleSpec` (its defaults and bounds), with `hidden` left to the task until resolved."""
 
-    weight_interface: int = _f(5, lo=4)
+    weight_interface: int = _f(_SPEC.weight_interface, lo=MIN_WEIGHT_INTERFACE)
     hidden: int | None = _f(None, lo=1)
-    activation: str = _f("none", choices=ACTIVATION_NAMES)
+    activation: str = _f(_SPEC.activation, choices=ACTIVATION_NAMES)
+
+    def spec(self) -> ParticleSpec:
+        """The particle shape these keys describe (after `resolve`, which fills `hidden`)."""
+        return ParticleSpec(self.weight_interface, self.hidden, self.activation)
 
 
 @dataclass
@@ -67,7 +77,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser and the self-replication schedule (DESIGN 1.4)."""
+    """Optimiser and the self-replication schedule (docs/science.md §4)."""
 
     lr: float = _f(0.004, lo=0.0)
     momentum: float = _f(0.9, lo=0.0, hi=1.0)
@@ -82,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class EventsConfig:
-    """Per-step, per-particle event probabilities (DESIGN 1.6); None: 0 for organisms, on in soups."""
+    """Per-step, per-particle event probabilities (docs/science.md §6); None: 0 for organisms, on in soups."""
 
     attack: float | None = _f(None, lo=0.0, hi=1.0)
     melt: float | None = _f(None, lo=0.0, hi=1.0)
@@ -118,7 +128,7 @@ class Config:
     steps: int = _f(10000, lo=0)
     seed: int = _f(0, lo=0)
     device: str = _f("auto", choices=DEVICES)
-    dtype: str = _f("float32", choices=DTYPES)
+    dtype: str = _f("float32", choices=tuple(DTYPES))
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     particle: ParticleConfig = field(default_factory=ParticleConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -144,6 +154,16 @@ TASK_DEFAULTS = {
 }
 EVENT_RATES = ("attack", "melt", "replicate", "respawn", "noise")
 SOUP_EVENT_DEFAULTS = {"attack": 0.01, "melt": 0.01, "replicate": 0.02, "respawn": 1.0, "noise": 0.0}
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a config's `device` names: `auto` picks CUDA when a GPU is present; `cuda` without one is a
+    ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

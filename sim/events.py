@@ -1,4 +1,4 @@
-"""Population events (DESIGN 1.6): attack, melt, replicate, respawn and noise between neighbouring particles.
+"""Population events (docs/science.md §6): attack, melt, replicate, respawn and noise between neighbouring particles.
 
 Every event type is one vectorised draw and one indexed update of the bank `[P, n]`; nothing loops over particles.
 Types run in the order of `EVENT_NAMES`. Within one type the events are simultaneous: they all read the bank as it was

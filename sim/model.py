@@ -1,9 +1,9 @@
 """The Mesa models: `ParticleModel` (what organisms and soups share) and `OrganismModel`.
 
-One call of `step()` is one simulation step (DESIGN 1.4): `n_sr` self-replication SGD steps over the whole bank and a
-task SGD step (in the configured order), then population events, then classification and logging at their intervals.
-All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot path is
-batched tensor work with no Python loop over particles.
+One call of `step()` is one simulation step (docs/science.md §4): `n_sr` self-replication SGD steps over the whole
+bank and a task SGD step (in the configured order), then population events, then classification and logging at their
+intervals. All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot
+path is batched tensor work with no Python loop over particles.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import torch
 from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
-from sim.config import Config
+from sim.config import DTYPES, Config, resolve_device
 from sim.events import EVENT_NAMES, population_events
 from sim.organism import Organism
 from sim.particles import (
     KIND_NAMES,
-    ParticleSpec,
     classify,
     effective_weights,
     init_weights,
@@ -49,18 +48,8 @@ from sim.record import (
 from sim.tasks import make_task
 from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def _pack_pcg64(state: dict[str, Any]) -> torch.Tensor:
@@ -106,8 +95,7 @@ class ParticleModel(mesa.Model):
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        p = config.particle
-        self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        self.spec = config.particle.spec()
         self.graph = graph
         self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
         self.weights.requires_grad_(True)
@@ -185,7 +173,7 @@ class ParticleModel(mesa.Model):
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
     def step(self) -> None:
-        """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
         if self.config.train.order == "sr_first":
@@ -210,7 +198,7 @@ class ParticleModel(mesa.Model):
             self.running = False
 
     def _events(self) -> torch.Tensor:
-        """The population events of this step (DESIGN 1.6), applied to the bank; rows `[E, 3]`."""
+        """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
         return population_events(
             self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
             mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
@@ -326,7 +314,7 @@ class ParticleModel(mesa.Model):
 
 
 class OrganismModel(ParticleModel):
-    """An organism network on a task: every connection weight is a particle (DESIGN 1.3)."""
+    """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
@@ -337,10 +325,9 @@ class OrganismModel(ParticleModel):
         device = resolve_device(config.device)
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
-        o, p = config.organism, config.particle
+        o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
-        self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,
-                                 o.activation)  # fmt: skip
+        self.organism = Organism(self.sizes, config.particle.spec(), o.residual, o.activation)
         # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
         # line graph), so a model without either builds neither
         needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)

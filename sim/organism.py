@@ -1,4 +1,4 @@
-"""The organism forward: a layered network whose every connection is a particle of the bank (DESIGN 1.3).
+"""The organism forward: a layered network whose every connection is a particle of the bank (docs/science.md §3).
 
 Neuron o of layer l+1 sums `p_{o,i}(x_i)` over its incoming particles, where a particle carries x by evaluating itself
 on the row `(0, ..., 0, x)`. Linear particles reduce to `a * x` with `a` the effective weight, so the fast path is one

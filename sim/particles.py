@@ -1,6 +1,6 @@
 """The particle bank: P tiny self-replicating MLPs stored as one weight tensor `[P, n]`.
 
-A particle is `p: R^k -> R` with layers `Linear(k, h)`, `Linear(h, h)`, `Linear(h, 1)`, no biases (DESIGN 1.1).
+A particle is `p: R^k -> R` with layers `Linear(k, h)`, `Linear(h, h)`, `Linear(h, 1)`, no biases (docs/science.md §1).
 Its n = k*h + h*h + h weights are stored row-major per layer, W1 then W2 then W3. Every function here is batched
 over the P particles of a bank; nothing loops over particles.
 
@@ -19,7 +19,8 @@ import torch
 
 KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
 DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
-KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
+MIN_WEIGHT_INTERFACE = 4  # the coordinate row holds the weight, its layer, row and column
+KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (docs/science.md §2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
 # On the CPU, `sr_train_` runs all its steps on one block of this many particles before the next, so that a block's
 # arrays stay in cache (the steps are memory-bound otherwise), and on NumPy views of the block: NumPy's per-operation
@@ -45,9 +46,10 @@ class ParticleSpec:
     activation: str = "none"
 
     def __post_init__(self) -> None:
-        if self.weight_interface < 4:
+        if self.weight_interface < MIN_WEIGHT_INTERFACE:
             raise ValueError(
-                f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}"
+                f"particle.weight_interface must be >= {MIN_WEIGHT_INTERFACE} (weight, layer, row, col), "
+                f"got {self.weight_interface}"
             )
         if self.hidden < 1:
             raise ValueError(f"particle.hidden must be >= 1, got {self.hidden}")
@@ -115,7 +117,7 @@ def init_weights(
 
 
 def coordinates(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
-    """Coordinate rows `c_j = (w_j, layer, row, col, 0, ...)` of every weight, `[P, n, k]` (DESIGN 1.1)."""
+    """Coordinate rows `c_j = (w_j, layer, row, col, 0, ...)` of every weight, `[P, n, k]` (docs/science.md §1)."""
     P, n = weights.shape
     pos = positions(spec, weights.device, weights.dtype).expand(P, n, 3)
     pad = weights.new_zeros(P, n, spec.weight_interface - 4)
@@ -155,7 +157,8 @@ def self_apply(weights: torch.Tensor, spec: ParticleSpec, evaluator: torch.Tenso
 def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     """Per-particle self-replication loss `mean_j (p(c_j) - w_j)^2`, `[P]`.
 
-    Inputs and targets come from the detached weights, so the gradient flows only through the evaluation (DESIGN 1.1).
+    Inputs and targets come from the detached weights, so the gradient flows only through the evaluation
+    (docs/science.md §1).
     """
     target = weights.detach()  # [P, n]
     if not spec.linear:
@@ -283,7 +286,7 @@ def _sr_train_autograd_(
 
 
 def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
-    """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (DESIGN 1.3).
+    """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (docs/science.md §3).
 
     For nonlinear particles this is the response to a unit input, a summary rather than an exact factor.
     """
@@ -304,7 +307,7 @@ def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor
 
 @torch.no_grad()
 def classify(weights: torch.Tensor, spec: ParticleSpec, eps: float = KIND_EPS) -> torch.Tensor:
-    """Kind code of every particle, int8 `[P]`, first match wins in the order of `KIND_NAMES` (DESIGN 1.2)."""
+    """Kind code of every particle, int8 `[P]`, first match wins in the order of `KIND_NAMES` (docs/science.md §2)."""
     finite = torch.isfinite(weights).all(dim=1)
     safe = torch.where(finite.unsqueeze(1), weights, torch.zeros_like(weights))
     zero = (safe.abs() < eps).all(dim=1)

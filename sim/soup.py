@@ -1,4 +1,4 @@
-"""The soup: a population of free particles on a random regular graph, no organism and no task (DESIGN 1.6).
+"""The soup: a population of free particles on a random regular graph, no organism and no task (docs/science.md §6).
 
 Particles only self-train and interact through the population events, as in the artificial-chemistry experiments of
 the earlier self-replication literature; their kinds are counted over time in the same record format as organisms.

@@ -1,4 +1,4 @@
-"""The organism's tasks (DESIGN 1.4): arithmetic (a + b) and MNIST, with their data on the model's device.
+"""The organism's tasks (docs/science.md §4): arithmetic (a + b) and MNIST, with their data on the model's device.
 
 A task holds its fixed train and held-out (test) tensors on the device and draws training batches there from the
 model's generator, so a step never copies data from the host. MNIST comes either from the 5,000 real samples shipped
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
-RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (DESIGN 1.4)
+RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
 N_CLASSES = 10
 EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
 SPLIT_SEED = 0  # the embedded split is fixed, not tied to the run seed

@@ -1,7 +1,7 @@
 """Topologies as networkx graphs: the organism's neuron DiGraph, the particle graph over it, and soup graphs.
 
 The organism is a DiGraph of neurons `(layer, index)`; every edge `(l, i) -> (l + 1, o)` carries one particle id
-(DESIGN 1.7). Particle ids run layer by layer and, inside a layer, row-major over `[out, in]`, so that a layer's
+(docs/science.md §7). Particle ids run layer by layer and, inside a layer, row-major over `[out, in]`, so that a layer's
 effective weights reshape directly into its `[out, in]` weight matrix.
 """
 

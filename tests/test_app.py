@@ -22,10 +22,12 @@ import numpy as np
 import pytest
 
 from sim.app import LiveOrganism, LiveSoup
+from sim.figures import kinds_text, organism_layout
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
+from sim.replay import load_replay
 from sim.topology import particle_table
-from sim.view import free_port, incompatible_widgets, kinds_text, load_replay, missing_assets, organism_layout
+from sim.view import free_port, incompatible_widgets, missing_assets
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

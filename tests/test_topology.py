@@ -1,4 +1,4 @@
-"""Organism and soup topologies: particle counts and ids, neighbourhoods, the CSR adjacency (DESIGN 1.7)."""
+"""Organism and soup topologies: particle counts and ids, neighbourhoods, the CSR adjacency (docs/science.md §7)."""
 
 from __future__ import annotations
 
