@@ -6,7 +6,9 @@ Bad input ends with a one-line error on stderr and exit status 2, before anythin
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +40,9 @@ from sim.rundir import RunDir
 from sim.runner import build_model, simulate, write_config
 from sim.signals import StopOnSignal
 from sim.tasks import DataError
+
+# exit status of a run stopped by a write that failed (full disk, unwritable place); bad input is 2
+WRITE_FAILED = 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             model.close()  # the record stops at its last committed rows
         claim.release()
         print(f"sim.run: error: {exc}; the rows written before it and the last checkpoint are kept", file=sys.stderr)
-        return 1
+        return WRITE_FAILED
     claim.release()
     done = model.steps
     summary = model.summary
@@ -175,4 +180,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == WRITE_FAILED:
+        # HDF5 cannot close a file whose writes failed (it retries them), and its exit-time cleanup would then crash
+        # the interpreter: what was committed is on disk, so leave without it
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
