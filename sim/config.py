@@ -19,16 +19,19 @@ from typing import Any
 import torch
 import yaml
 
+from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
+from sim.tasks import TASK_TABLE
 
 MODES = ("organism", "soup")
-TASKS = ("mnist", "arithmetic")
+TASKS = tuple(TASK_TABLE)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
 TRAIN_ORDERS = ("sr_first", "task_first")
 SR_OPTIMIZERS = ("fresh", "persistent", "shared")
+SOUP_GRAPHS = ("regular", "complete")
 
 
 class ConfigError(ValueError):
@@ -90,26 +93,32 @@ class TrainConfig:
     sr_optimizer: str = _f("fresh", choices=SR_OPTIMIZERS)
 
 
-@dataclass
-class EventsConfig:
-    """Per-step, per-particle event probabilities (docs/science.md §6); None: 0 for organisms, on in soups."""
+def _events_config() -> type:
+    """The `events` section, derived from the event table `sim.events.EVENTS`: one rate per event type (a per-step,
+    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter, and the
+    organism's neighbourhood."""
+    fields: list[tuple[str, Any, Any]] = [(e.name, float | None, _f(None, lo=0.0, hi=1.0)) for e in EVENTS]
+    fields += [(p.name, type(p.default), _f(p.default, lo=p.lo, hi=p.hi)) for p in EVENT_PARAMS.values()]
+    fields.append(("neighbourhood", str, _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)))
+    cls = dataclasses.make_dataclass("EventsConfig", fields)
+    cls.__module__ = __name__  # pickled by reference, as the other sections
+    cls.__doc__ = (
+        "Population events (docs/science.md §6): a rate per event type of `sim.events.EVENTS`, and their parameters."
+    )
+    return cls
 
-    attack: float | None = _f(None, lo=0.0, hi=1.0)
-    melt: float | None = _f(None, lo=0.0, hi=1.0)
-    replicate: float | None = _f(None, lo=0.0, hi=1.0)
-    respawn: float | None = _f(None, lo=0.0, hi=1.0)
-    noise: float | None = _f(None, lo=0.0, hi=1.0)
-    mutation_sigma: float = _f(0.01, lo=0.0)
-    noise_sigma: float = _f(0.01, lo=0.0)
-    neighbourhood: str = _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)
+
+EventsConfig = _events_config()
 
 
 @dataclass
 class SoupConfig:
-    """A soup: `size` free particles on a random `degree`-regular graph."""
+    """A soup: `size` free particles on a random `degree`-regular graph (`graph: regular`) or on the complete graph,
+    where any particle meets any other (`graph: complete`; `degree` is unused then)."""
 
     size: int = _f(1000, lo=2)
     degree: int = _f(4, lo=1)
+    graph: str = _f("regular", choices=SOUP_GRAPHS)
 
 
 @dataclass
@@ -147,13 +156,14 @@ class Config:
 # the names of the config's sections (`train`, `events`, ...), the first part of a `section.key`
 SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
-# Task-dependent defaults: the paper's MNIST organism and arithmetic organism.
+# Task-dependent defaults (the paper's MNIST organism and arithmetic organism), from the task table.
 TASK_DEFAULTS = {
-    "mnist": {"organism.width": 5, "particle.hidden": 5, "task.batch_size": 2000, "train.task_first_threshold": 0.85},
-    "arithmetic": {"organism.width": 3, "particle.hidden": 3, "task.batch_size": 50, "train.task_first_threshold": 0.0},
-}
-EVENT_RATES = ("attack", "melt", "replicate", "respawn", "noise")
-SOUP_EVENT_DEFAULTS = {"attack": 0.01, "melt": 0.01, "replicate": 0.02, "respawn": 1.0, "noise": 0.0}
+    name: {"organism.width": entry.width, "particle.hidden": entry.hidden, "task.batch_size": entry.batch_size,
+           "train.task_first_threshold": entry.gate_threshold}
+    for name, entry in TASK_TABLE.items()
+}  # fmt: skip
+EVENT_RATES = EVENT_NAMES  # the events section's rate keys, one per event type
+SOUP_EVENT_DEFAULTS = {event.name: event.soup_rate for event in EVENTS}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -292,7 +302,11 @@ def resolve(config: Config) -> Config:
         if getattr(config.events, rate) is None:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
     soup = config.soup
-    if config.mode == "soup" and (soup.degree >= soup.size or (soup.size * soup.degree) % 2):
+    if (
+        config.mode == "soup"
+        and soup.graph == "regular"
+        and (soup.degree >= soup.size or (soup.size * soup.degree) % 2)
+    ):
         raise ConfigError(
             f"soup.degree must be < soup.size with size*degree even, got size={soup.size} degree={soup.degree}"
         )

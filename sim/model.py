@@ -23,7 +23,7 @@ from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
 from sim.config import DTYPES, Config, resolve_device
-from sim.events import EVENT_NAMES, population_events
+from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
 from sim.organism import Organism
 from sim.particles import (
     KIND_NAMES,
@@ -107,6 +107,7 @@ class ParticleModel(mesa.Model):
             self.indptr = torch.zeros(n_particles + 1, dtype=torch.int64, device=self.device)
             self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
+        self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
@@ -200,9 +201,8 @@ class ParticleModel(mesa.Model):
     def _events(self) -> torch.Tensor:
         """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
         return population_events(
-            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
-            mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
-        )  # fmt: skip
+            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator, self.event_params
+        )
 
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
@@ -358,4 +358,5 @@ class OrganismModel(ParticleModel):
         return topology
 
     def _extra_attrs(self) -> dict[str, Any]:
-        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes)}
+        return {"task": self.task.name, "metric_name": self.task.metric_name,
+                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes)}  # fmt: skip

@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
     p.add_argument("--config", help="YAML or TOML config file")
     p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
-    p.add_argument("--task", choices=TASKS, help="mnist (default) or arithmetic")
+    p.add_argument("--task", choices=TASKS, help=f"the organism's task: {', '.join(TASKS)} (default mnist)")
     p.add_argument("--steps", type=non_negative_int("--steps"), help="number of simulation steps (default 10000)")
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")

@@ -15,17 +15,10 @@ from tqdm import tqdm
 
 from sim.config import Config
 from sim.model import OrganismModel, ParticleModel
+from sim.particles import SHORT_KINDS
 from sim.record import CONFIG_NAME
 from sim.signals import StopOnSignal
 from sim.soup import SoupModel
-
-SHORT_KINDS = {
-    "divergent": "div",
-    "zero": "zero",
-    "self_replicator": "SR",
-    "self_replicator_2nd": "SR2",
-    "other": "other",
-}
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
