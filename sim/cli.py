@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from sim.config import resolve_device
+from sim.safeyaml import parse_scalar
 
 __all__ = ["Parser", "UsageError", "error_exit", "headless_matplotlib", "non_negative_int", "resolve_device"]
 
@@ -38,11 +39,10 @@ def non_negative_int(flag: str) -> Callable[[str], int]:
     """An argparse type for `flag`: an integer >= 0, else an error naming the flag and the text given."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
+        value = parse_scalar(text)  # 1000, 1_000 and 1e3 alike
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
         return value
 

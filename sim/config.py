@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,7 @@ import yaml
 
 from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
+from sim.safeyaml import TextFileError, load_yaml, parse_scalar, read_capped, short_repr
 from sim.tasks import TASK_TABLE
 
 MODES = ("organism", "soup")
@@ -135,7 +137,7 @@ class Config:
 
     mode: str = _f("organism", choices=MODES)
     steps: int = _f(10000, lo=0)
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=2**64 - 1)
     device: str = _f("auto", choices=DEVICES)
     dtype: str = _f("float32", choices=tuple(DTYPES))
     organism: OrganismConfig = field(default_factory=OrganismConfig)
@@ -185,8 +187,19 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return out
 
 
+INT_MAX = 2**63 - 1  # the largest integer a key takes unless its own range says otherwise (seed: 2**64-1)
+
+
+def _bound_text(value: float) -> str:
+    """`2**64-1` for a bound one below a power of two past a million, else the number."""
+    if isinstance(value, int) and value > 10**6 and (value + 1) & value == 0:
+        return f"2**{(value + 1).bit_length() - 1}-1"
+    return repr(value)
+
+
 def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Check `value` against the field's type and range; return it as that type."""
+    """Check `value` against the field's type and range; return it as that type. Integers state their range in the
+    error (`seed must be an integer in 0..2**64-1`); numbers must be finite."""
     allowed = typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
     if value is None:
         if type(None) in allowed:
@@ -195,25 +208,32 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     base = next(t for t in allowed if t is not type(None))
     if base is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {short_repr(value)}")
     elif base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        meta = f.metadata
+        lo = meta.get("lo") if meta.get("lo") is not None else -INT_MAX - 1
+        hi = meta.get("hi") if meta.get("hi") is not None else INT_MAX
+        span = f"an integer in {_bound_text(lo)}..{_bound_text(hi)}"
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e5 as a person writes it
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{key} must be {span}, got {short_repr(value)}")
+        return value
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {short_repr(value)}")
         value = float(value)
-        if value != value:
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {short_repr(value)}")
     elif base is str and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {short_repr(value)}")
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {short_repr(value)}")
     if meta.get("lo") is not None and value < meta["lo"]:
-        raise ConfigError(f"{key} must be >= {meta['lo']}, got {value!r}")
+        raise ConfigError(f"{key} must be >= {meta['lo']}, got {short_repr(value)}")
     if meta.get("hi") is not None and value > meta["hi"]:
-        raise ConfigError(f"{key} must be <= {meta['hi']}, got {value!r}")
+        raise ConfigError(f"{key} must be <= {meta['hi']}, got {short_repr(value)}")
     return value
 
 
@@ -250,13 +270,8 @@ def set_value(config: Config, key: str, value: Any) -> None:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value: YAML scalars (`3`, `0.5`, `true`, `none`), anything else as a string."""
-    if text.strip().lower() in ("none", "null", "~", ""):
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A `--set` value as a person writes it (`3`, `1_000`, `1e-3`, `.5`, `true`, `none`), else the text."""
+    return parse_scalar(text)
 
 
 def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config") -> None:
@@ -266,7 +281,7 @@ def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config
     for name, value in mapping.items():
         if name in SECTIONS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {value!r}")
+                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {short_repr(value)}")
             for key, inner in value.items():
                 set_value(config, f"{name}.{key}", inner)
         else:
@@ -277,12 +292,12 @@ def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a mapping; ConfigError if unreadable or malformed."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        text = read_capped(path, "config file")
+        data = tomllib.loads(text) if path.suffix == ".toml" else load_yaml(text)
+    except TextFileError as exc:
+        message = str(exc)
+        raise ConfigError(message if str(path) in message else f"config file {str(path)!r}: {message}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"malformed config file {str(path)!r}: {first}") from None
     if data is None:

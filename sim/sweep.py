@@ -36,6 +36,7 @@ from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, f
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
 from sim.rundir import RunDir
 from sim.runner import build_model, simulate, write_config
+from sim.safeyaml import TextFileError, load_yaml, read_capped
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
@@ -148,10 +149,11 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; SweepError (or ConfigError for an invalid base config) says what is wrong."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    except yaml.YAMLError as exc:
+        data = load_yaml(read_capped(path, "sweep file"))
+    except TextFileError as exc:
+        message = str(exc)
+        raise SweepError(message if str(path) in message else f"sweep file {str(path)!r}: {message}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise SweepError(f"malformed sweep file {str(path)!r}: {str(exc).strip().splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SweepError(f"sweep file {str(path)!r} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
@@ -266,8 +268,8 @@ def _check_same_base(out: Path, base_config: dict[str, Any]) -> None:
     if not path.exists():
         return
     try:
-        old = json.loads(path.read_text())["base_config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        old = json.loads(read_capped(path, "sweep index", limit=64 << 20))["base_config"]
+    except (ValueError, KeyError, TypeError):
         raise SweepError(f"{str(path)!r} is not a sweep index; use another --out") from None
     if old != base_config:
         flat_old, flat_new = _flat_dict(old), _flat_dict(base_config)

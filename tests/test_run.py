@@ -73,7 +73,7 @@ def test_same_seed_same_record_other_seed_differs(tmp_path):
         (["--task", "cifar"], "invalid choice: 'cifar'"),
         (["--mode", "pond"], "invalid choice: 'pond'"),
         (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
-        (["--set", "organism.width=0"], "organism.width must be >= 1"),
+        (["--set", "organism.width=0"], "organism.width must be an integer in 1.."),
         (["--set", "events.attack=-0.1"], "events.attack must be >= 0"),
         (["--set", "train.lr=abc"], "train.lr must be a number"),
         (["--set", "justakey"], "--set needs KEY=VALUE"),
