@@ -160,7 +160,10 @@ class ParticleModel(mesa.Model):
         """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
         with torch.no_grad():
             momentum_buffer.mul_(self.config.train.momentum).add_(grad)
-            self.weights.add_(momentum_buffer, alpha=-lr)
+            if lr <= torch.finfo(self.weights.dtype).max:
+                self.weights.add_(momentum_buffer, alpha=-lr)
+            else:  # a step that overflows the dtype makes the particles divergent, as it would on paper
+                self.weights.sub_(momentum_buffer.double().mul(lr).to(self.weights.dtype))
 
     def _self_train(self) -> torch.Tensor:
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
