@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import torch
 from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
-from sim.config import DTYPES, Config, resolve_device
+from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
 from sim.organism import Organism
 from sim.particles import (
     KIND_NAMES,
+    ParticleSpec,
     classify,
     effective_weights,
     init_weights,
@@ -71,12 +73,43 @@ def _unpack_pcg64(packed: torch.Tensor) -> dict[str, Any]:
             "has_uint32": raw[32], "uinteger": int.from_bytes(raw[33:37], "little")}  # fmt: skip
 
 
+class LogCollector(mesa.DataCollector):
+    """Mesa's DataCollector for numbers that exist at log steps only: `collect` is called at those steps, and entry
+    `i` of `model_vars[name]` holds the numbers as of step `i + 1` (the last logged ones; None before the first log),
+    the one-entry-per-step layout that Mesa's `batch_run` and `get_model_vars_dataframe` read. A step between two logs
+    costs nothing but one list slot per reporter."""
+
+    def collect(self, model: mesa.Model) -> None:
+        for values in self.model_vars.values():
+            values.extend([values[-1] if values else None] * (model.steps - 1 - len(values)))
+        super().collect(model)
+
+
+def _logged(name: str, model: ParticleModel) -> float:
+    return model.summary[name]
+
+
+def _kind_count(kind: str, model: ParticleModel) -> int:
+    return model.summary["kind_counts"][kind]
+
+
+# the model reporters: the numbers every log step measures
+REPORTERS = {
+    **{kind: partial(_kind_count, kind) for kind in KIND_NAMES},
+    "held_out_metric": partial(_logged, "held_out_metric"),
+    "sr_loss": partial(_logged, "sr_loss"),
+}
+
+
 class ParticleModel(mesa.Model):
     """A population of particles on a graph: the bank, self-training, population events, classification and record.
 
     `run_dir` given: the model writes `run.h5` and checkpoints there; `resume=True` continues from its checkpoint.
-    `agents=False` skips the Mesa space and agents (for banks of millions of particles); `graph=None` is allowed then,
-    and leaves every particle without neighbours.
+    `graph=None`: the particle graph is built (`_build_graph`) when first needed: by the record's topology, by
+    population events, by the agents. `agents=True`: `model.agents` and `model.grid` give Mesa agents on a Mesa
+    Network over the graph, built when first asked for (no run reads them); `agents=False` has no agents and builds the
+    graph only for events (for banks of millions of particles: an organism's particle graph is a line graph), so that
+    otherwise every particle is without neighbours. `datacollector` collects `REPORTERS` at every log step.
     """
 
     mode = "particles"
@@ -96,29 +129,21 @@ class ParticleModel(mesa.Model):
         self.dtype = DTYPES[config.dtype]
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.spec = config.particle.spec()
-        self.graph = graph
-        self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
+        self._graph = graph
+        self._with_agents = agents
+        self._grid: Network | None = None
+        self._csr: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.weights = self._initial_weights(n_particles)  # [P, n]
         self.weights.requires_grad_(True)
         self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
-        if graph is not None:
-            self.indptr, self.indices = neighbour_csr(graph, self.device)
-        else:
-            self.indptr = torch.zeros(n_particles + 1, dtype=torch.int64, device=self.device)
-            self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
-
-        if agents:
-            if graph is None:
-                raise ValueError("a model with agents needs its particle graph")
-            self.grid = Network(graph, capacity=1, random=self.random)
-            for index in range(n_particles):
-                ParticleAgent(self, index, self.grid[index])
+        self.datacollector = LogCollector(model_reporters=REPORTERS)
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_id = uuid.uuid4().hex  # which run a checkpoint belongs to (a resumed run keeps its own)
@@ -126,7 +151,7 @@ class ParticleModel(mesa.Model):
         if self.run_dir is not None:
             rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
             self.record = RecordWriter(
-                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.spec.n_weights,
+                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.weights.shape[1],
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
 
@@ -134,9 +159,66 @@ class ParticleModel(mesa.Model):
     def n_particles(self) -> int:
         return self.weights.shape[0]
 
+    # --- the graph, the Mesa space and the agents, built on first use ----------------------------------------------
+    @property
+    def graph(self) -> nx.Graph | None:
+        """The particle graph (networkx, nodes are particle ids); None for a model without agents or events."""
+        if self._graph is None and (self._with_agents or any(self.rates.values())):
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> nx.Graph | None:
+        return None
+
+    def _neighbours(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The particle graph in CSR form on the device, `(indptr [P + 1], indices)`; no neighbours without a graph."""
+        if self._csr is None:
+            if self.graph is not None:
+                self._csr = neighbour_csr(self.graph, self.device)
+            else:
+                empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+                self._csr = (torch.zeros(self.n_particles + 1, dtype=torch.int64, device=self.device), empty)
+        return self._csr
+
+    @property
+    def grid(self) -> Network:
+        """The Mesa Network over the particle graph, one agent (a `ParticleAgent`) on each particle's cell."""
+        if self._grid is None:
+            if not self._with_agents or self.graph is None:
+                raise ValueError("this model was built with agents=False: it has no Mesa space or agents")
+            self._grid = Network(self.graph, capacity=1, random=self.random)
+            for index in range(self.n_particles):
+                ParticleAgent(self, index, self._grid[index])
+        return self._grid
+
+    @property
+    def agents(self) -> mesa.agent.AgentSet:
+        """The Mesa agents, one per particle: thin views into the bank, placed on `grid`."""
+        if self._with_agents:
+            self.grid  # noqa: B018  (builds the agents on first use)
+        return super().agents
+
     # --- what subclasses provide -------------------------------------------------------------------------------------
+    def _initial_weights(self, n_particles: int) -> torch.Tensor:
+        """The bank at step 0, `[P, n]`, drawn from the model's generator."""
+        return init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)
+
+    def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
+
     def _gate_threshold(self) -> float:
         return 0.0
+
+    def gate_status(self) -> str | None:
+        """While the gate holds self-training back, how far the task is from opening it ("self-training starts at
+        train accuracy 0.85: now 0.71", the running train metric of the last log interval); None once it runs."""
+        if self.sr_active or not self.summary:
+            return None
+        name = {"accuracy": "accuracy", "mae": "MAE"}.get(self.task.metric_name, self.task.metric_name)
+        return (
+            f"self-training starts at train {name} {self._gate_threshold():.3g}: now {self.summary['train_metric']:.3g}"
+        )
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One task SGD step; returns (task loss, train metric) as 0-d device tensors."""
@@ -176,16 +258,22 @@ class ParticleModel(mesa.Model):
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
-    def step(self) -> None:
-        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
-        started = time.perf_counter()
-        step = self.steps
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training phases of one step, self-training and the task step in the configured order (no events, no
+        logging); returns the task loss, the train metric and the mean SR loss before the SR updates (0-d tensors)."""
         if self.config.train.order == "sr_first":
             mean_sr = self._self_train()
             task_loss, metric = self._task_step()
         else:
             task_loss, metric = self._task_step()
             mean_sr = self._self_train()
+        return task_loss, metric, mean_sr
+
+    def step(self) -> None:
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
+        started = time.perf_counter()
+        step = self.steps
+        task_loss, metric, mean_sr = self.train_step()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
         events = self._events()
@@ -203,27 +291,29 @@ class ParticleModel(mesa.Model):
 
     def _events(self) -> torch.Tensor:
         """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
+        if not any(self.rates.values()):
+            # no event can fire: population_events would return no rows; the neighbours (the graph) are not needed
+            return torch.zeros(0, 3, dtype=torch.int64, device=self.device)
+        indptr, indices = self._neighbours()
         return population_events(
-            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator, self.event_params
+            self.weights, self.spec, indptr, indices, self.rates, self.generator, self.event_params
         )
 
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
         with torch.no_grad():
-            weights = self.weights.detach()
-            kind = classify(weights, self.spec)  # [P]
-            losses = sr_loss(weights, self.spec)  # [P]
-            effective = effective_weights(weights, self.spec)  # [P]
+            kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
         running = float(self._metric_sum) / max(self._metric_count, 1)
         self._metric_sum.zero_()
         self._metric_count = 0
         if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
             self.sr_active = True
-        counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
+        counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
+        self.datacollector.collect(self)
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
@@ -262,12 +352,16 @@ class ParticleModel(mesa.Model):
             "generator": self.generator.get_state(),
             "python_random": torch.tensor([version, *mt_state], dtype=torch.int64),  # [626]
             "python_random_gauss": gauss,
-            "numpy_rng": _pack_pcg64(self.rng.bit_generator.state),  # [34] uint8
+            "numpy_rng": _pack_pcg64(self.rng.bit_generator.state),  # [37] uint8
             "sr_active": bool(self.sr_active),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
             "record_rows": self.record.rows() if self.record is not None else {},
         }
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from the checkpoint at `path` (weights, optimiser buffers, random streams, gate); no record."""
+        self._load(Path(path))
 
     def _load(self, path: Path) -> dict[str, int]:
         state = load_checkpoint(path)
@@ -316,30 +410,49 @@ class ParticleModel(mesa.Model):
             self.record.close()
 
 
+def model_config(config: Config | None, keys: dict[str, Any], mode: str) -> Config:
+    """The config a model is built from: `config` as given, or one built from config keys given as keywords."""
+    if config is None:
+        return config_from_keywords(keys, mode)
+    if keys:
+        raise TypeError(f"config keys as keywords ({', '.join(keys)}) build a config; they cannot amend a given one")
+    return config
+
+
 class OrganismModel(ParticleModel):
     """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
     def __init__(
-        self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
+        self,
+        config: Config | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        agents: bool = True,
+        **keys: Any,
     ) -> None:
+        """An organism of `config`, or of config keys given as keywords (`steps=20, task_name="arithmetic",
+        train_alpha=0.5`, as Mesa's `batch_run` passes its parameters) on top of the defaults."""
+        config = model_config(config, keys, self.mode)
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
         o = config.organism
-        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
-        self.organism = Organism(self.sizes, config.particle.spec(), o.residual, o.activation)
-        # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
-        # line graph), so a model without either builds neither
-        needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)
-        self.neurons = organism_graph(self.sizes) if needed else None
-        graph = particle_graph(self.neurons, config.events.neighbourhood) if needed else None
-        super().__init__(config, self.organism.n_particles, graph, run_dir, resume, agents)
+        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
+        self.organism = self._network(config, config.particle.spec())
+        super().__init__(config, self.organism.n_particles, None, run_dir, resume, agents)
+
+    def _network(self, config: Config, spec: ParticleSpec) -> Organism:
+        """The network the bank drives, over `self.sizes`."""
+        return Organism(self.sizes, spec, config.organism.residual, config.organism.activation)
 
     def _gate_threshold(self) -> float:
         return self.config.train.task_first_threshold
+
+    def _build_graph(self) -> nx.Graph:
+        return particle_graph(organism_graph(self.sizes), self.config.events.neighbourhood)
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
@@ -362,4 +475,5 @@ class OrganismModel(ParticleModel):
 
     def _extra_attrs(self) -> dict[str, Any]:
         return {"task": self.task.name, "metric_name": self.task.metric_name,
-                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes)}  # fmt: skip
+                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes),
+                "splits": json.dumps(self.task.split_sizes()), "held_out_split": "test"}  # fmt: skip

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import hashlib
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +22,15 @@ from sim.config import (
     TASKS,
     Config,
     ConfigError,
+    TaskConfig,
+    all_keys,
     build_config,
+    describe_keys,
     from_dict,
+    get_value,
     load_file,
     parse_value,
+    resolve,
     resolve_device,
 )
 from sim.particles import KIND_NAMES
@@ -37,23 +44,33 @@ from sim.record import (
     load_checkpoint,
 )
 from sim.rundir import RunDir
-from sim.runner import build_model, simulate, write_config
+from sim.runner import build_model, config_yaml, simulate, write_config
 from sim.signals import StopOnSignal
 from sim.tasks import DataError
 
+NAME_CHARS = 60  # the most characters of --set keys in a default run directory name
 # exit status of a run stopped by a write that failed (full disk, unwritable place); bad input is 2
 WRITE_FAILED = 1
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
+    p = Parser(
+        prog="python -m sim.run",
+        description="Run an organism-network (or soup) simulation.",
+        epilog="config keys (for --set KEY=VALUE and config files, nested by section):\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML or TOML config file")
-    p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
+    p.add_argument("--mode", choices=MODES, help="organism (default), soup or dense (the dense control)")
     p.add_argument("--task", choices=TASKS, help=f"the organism's task: {', '.join(TASKS)} (default mnist)")
     p.add_argument("--steps", type=non_negative_int("--steps"), help="number of simulation steps (default 10000)")
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")
-    p.add_argument("--out", help="run directory (default runs/<timestamp>-<task>-s<seed>/)")
+    p.add_argument(
+        "--out", help="run directory (default runs/<timestamp>-<task>-s<seed>[-<--set keys that differ>] or --name)"
+    )
+    p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,16 +92,56 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(args.config, overrides)
 
 
-def default_run_dir(config: Config) -> Path:
-    name = config.task.name if config.mode == "organism" else "soup"
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-s{config.seed}"
+def changed_keys(config: Config, keys: list[str]) -> str:
+    """The `--set` keys whose resolved value differs from the default for this mode and task, as a short,
+    filesystem-safe name part: `alpha=0.5-n_sr=5` (a key's last part, or the whole key where that is ambiguous);
+    long ones are cut and end in a hash of the whole."""
+    defaults = resolve(Config(mode=config.mode, task=TaskConfig(name=config.task.name)))
+    names = [k.rsplit(".", 1)[-1] for k in all_keys()]
+    parts = []
+    for key in dict.fromkeys(keys):
+        value = get_value(config, key)
+        if value == get_value(defaults, key) or key in ("mode", "task.name", "seed"):
+            continue
+        short = key.rsplit(".", 1)[-1] if names.count(key.rsplit(".", 1)[-1]) == 1 else key
+        parts.append(f"{short}={str(value).lower() if isinstance(value, bool) else value}")
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
+    if len(text) > NAME_CHARS:
+        text = text[: NAME_CHARS - 9] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text
+
+
+def default_run_dir(config: Config, set_keys: list[str] | None = None, name: str | None = None) -> Path:
+    """`runs/<timestamp>-<name>`, the name by default `<task>-s<seed>` (`soup-s<seed>`) and the `--set` keys that
+    differ from the defaults."""
+    if name is None:
+        kind = {"organism": config.task.name, "dense": f"{config.task.name}-dense"}.get(config.mode, "soup")
+        name = f"{kind}-s{config.seed}"
+        changed = changed_keys(config, set_keys or [])
+        name += f"-{changed}" if changed else ""
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def set_keys(args: argparse.Namespace) -> list[str]:
+    """The keys the `--set` options name."""
+    return [item.partition("=")[0].strip() for item in args.set]
+
+
+def check_name(name: str) -> str:
+    """A `--name`: letters, digits and `._=+-`, not empty; UsageError otherwise."""
+    if not re.fullmatch(r"[A-Za-z0-9._=+-]+", name) or name in (".", ".."):
+        raise UsageError(f"--name must hold only letters, digits and ._=+- (it names a directory), got {name!r}")
+    return name
 
 
 def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path]:
     """Validated config and the run directory (checked, not yet written: `RunDir.claim` creates and locks it)."""
     config = config_from_args(args)
     resolve_device(config.device)
-    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    if args.out and args.name:
+        raise UsageError("--out and --name both name the run directory: give one")
+    name = check_name(args.name) if args.name is not None else None
+    run_dir = Path(args.out) if args.out else default_run_dir(config, set_keys(args), name)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {str(run_dir)!r} is an existing file, not a directory")
     return config, run_dir
@@ -92,7 +149,9 @@ def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path]:
 
 def prepare_resume(args: argparse.Namespace) -> Path:
     """The run directory to resume, checked before it is locked (flags that cannot go with --resume)."""
-    extra = [flag for flag in ("config", "mode", "task", "steps", "seed", "out") if getattr(args, flag) is not None]
+    extra = [
+        flag for flag in ("config", "mode", "task", "steps", "seed", "out", "name") if getattr(args, flag) is not None
+    ]
     if extra or args.set:
         names = ", ".join([f"--{f}" for f in extra] + (["--set"] if args.set else []))
         raise UsageError(f"--resume continues a run with its recorded config; it cannot be combined with {names}")
@@ -109,6 +168,10 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict,
     config_path = run_dir / CONFIG_NAME
     config_file = load_file(config_path) if config_path.is_file() else None
     note = check_resume(run_dir, state, config_file)
+    return _recorded_config(args, run_dir, state), state, note
+
+
+def _recorded_config(args: argparse.Namespace, run_dir: Path, state: dict) -> Config:
     try:
         config = from_dict(state["config"])
     except ConfigError as exc:
@@ -116,13 +179,23 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict,
     if args.device is not None:
         config.device = args.device
     resolve_device(config.device)
-    return config, state, note
+    return config
+
+
+def resume_config(args: argparse.Namespace) -> Config:
+    """The config `--resume` would continue with (for --print-config: reads the checkpoint, writes nothing)."""
+    run_dir = prepare_resume(args)
+    return _recorded_config(args, run_dir, load_checkpoint(run_dir / CHECKPOINT_NAME))
 
 
 def main(argv: list[str] | None = None) -> int:
     claim: RunDir | None = None
     try:
         args = parser().parse_args(argv)
+        if args.print_config:
+            config = resume_config(args) if args.resume else config_from_args(args)
+            print(config_yaml(config), end="")
+            return 0
         if args.resume:
             run_dir = prepare_resume(args)
             claim = RunDir.claim(run_dir, new=False)
@@ -172,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = model.summary
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
     if summary:
-        if model.mode == "organism":
+        if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
     print(f"run directory: {run_dir}")

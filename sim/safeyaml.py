@@ -4,7 +4,7 @@
   file is refused instead of read without end).
 - `load_yaml`: YAML's safe loader with YAML 1.2 numbers (`1e-3`, `1E5`, `.5`, `1_000`, which YAML 1.1 reads as
   strings or not at all), refusing documents whose aliases expand past `MAX_YAML_NODES` nodes (an "alias bomb").
-- `parse_scalar`: one `--set` value: `none`, a boolean, an integer, a number, else the text.
+- `parse_scalar`: one `--set` value: `none`, a boolean, an integer, a number, a flow list, else the text.
 """
 
 from __future__ import annotations
@@ -124,7 +124,12 @@ def parse_scalar(text: str) -> Any:
         return int(stripped.replace("_", ""))
     if FLOAT_PATTERN.fullmatch(stripped) or lowered.lstrip("+-") in ("inf", "infinity", "nan", ".inf", ".nan"):
         return float(lowered.replace("_", "").replace(".inf", "inf").replace(".nan", "nan"))
-    return stripped if stripped == text else text
+    if stripped[:1] in "[{":  # a flow list or mapping: `[300, 100]`
+        try:
+            return load_yaml(stripped)
+        except (yaml.YAMLError, TextFileError, RecursionError):
+            return text
+    return text
 
 
 def short_repr(value: Any, limit: int = 80) -> str:

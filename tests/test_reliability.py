@@ -456,3 +456,23 @@ def test_a_second_signal_exits_at_once_without_a_traceback_and_keeps_a_good_chec
     load_checkpoint(run_dir / CHECKPOINT_NAME)
     with open_record(run_dir) as f:
         read_group(f, "steps")
+
+
+# --- 11. the page serves replays only from its runs directory --------------------------------------------------------
+def test_the_page_replays_only_records_under_its_runs_directory(small_run, tmp_path, monkeypatch):
+    from sim.replay import RUNS_ENV, check_replay_path, load_replay
+
+    runs = tmp_path / "runs"
+    inside = copy_run(small_run, runs / "a")
+    outside = copy_run(small_run, tmp_path / "elsewhere")
+    (runs / "link").symlink_to(outside)
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    assert load_replay(check_replay_path(inside)).steps[-1] == 60
+    for path in (outside, runs / "link", runs / ".." / "elsewhere", "/etc/passwd"):
+        with pytest.raises(RecordError, match="outside the runs directory this page serves"):
+            check_replay_path(path)
+    monkeypatch.delenv(RUNS_ENV)
+    monkeypatch.chdir(tmp_path)
+    assert check_replay_path("runs/a") == inside.resolve()  # the default: runs/ of the working directory
+    with pytest.raises(RecordError):
+        check_replay_path("elsewhere")
