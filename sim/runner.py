@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from sim.config import Config
 from sim.dense import DenseModel
+from sim.memory import check_fits
 from sim.model import OrganismModel, ParticleModel
 from sim.particles import SHORT_KINDS
 from sim.record import CONFIG_NAME
@@ -23,7 +24,9 @@ from sim.soup import SoupModel
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
-    """The organism, soup or dense model of `config`, writing its record to `run_dir` (continuing it with `resume`)."""
+    """The organism, soup or dense model of `config`, writing its record to `run_dir` (continuing it with `resume`);
+    ConfigError, before anything is allocated, when it cannot fit the device's memory."""
+    check_fits(config)
     model_class = {"organism": OrganismModel, "dense": DenseModel, "soup": SoupModel}[config.mode]
     return model_class(config, run_dir=run_dir, resume=resume)
 

@@ -476,3 +476,19 @@ def test_the_page_replays_only_records_under_its_runs_directory(small_run, tmp_p
     assert check_replay_path("runs/a") == inside.resolve()  # the default: runs/ of the working directory
     with pytest.raises(RecordError):
         check_replay_path("elsewhere")
+
+
+# --- 10. sizes beyond the machine are refused before anything is allocated ------------------------------------------
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [("organism.width=100000", "bank"), ("particle.hidden=10000", "bank"), ("task.batch_size=1000000000", "batch"),
+     ("particle.weight_interface=1000000", "coordinates")],
+)  # fmt: skip
+def test_a_config_that_cannot_fit_memory_is_refused_at_once(tmp_path, capsys, setting, words):
+    out = tmp_path / "run"
+    started = time.monotonic()
+    assert main([*FAST, "--steps", "3", "--set", setting, "--out", str(out)]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and f"({words}:" in err[0] and setting.split("=")[0] in err[0]
+    assert not out.exists()
