@@ -40,8 +40,10 @@ FAST = ["--task", "arithmetic", "--quiet", "--set", "record.log_every=5", "--set
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def command(module: str, *args: str, preexec: Callable | None = None) -> subprocess.CompletedProcess | None:
-    """Run `python -m module args`; None when it did not end within 30 s."""
+def command(
+    module: str, *args: str, preexec: Callable | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess | None:
+    """Run `python -m module args`; None when it did not end within `timeout` seconds (30: a bad input's limit)."""
     try:
         return subprocess.run(
             [sys.executable, "-m", module, *args],
@@ -49,7 +51,7 @@ def command(module: str, *args: str, preexec: Callable | None = None) -> subproc
             env=ENV,
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=timeout,
             preexec_fn=preexec,
         )
     except subprocess.TimeoutExpired:
@@ -247,12 +249,12 @@ def intact_after_resume(run_dir: Path, reference: Path) -> bool:
             read_group(f, "steps")
         if (run_dir / CHECKPOINT_NAME).exists():
             load_checkpoint(run_dir / CHECKPOINT_NAME)
-            result = command("sim.run", "--resume", str(run_dir), "--quiet")
+            result = command("sim.run", "--resume", str(run_dir), "--quiet", timeout=600)
             if result is None or result.returncode != 0:
                 return False
         else:  # killed before its first checkpoint: a fresh run must be possible
             shutil.rmtree(run_dir)
-            if command("sim.run", *ARGS, "--out", str(run_dir)).returncode != 0:
+            if command("sim.run", *ARGS, "--out", str(run_dir), timeout=600).returncode != 0:
                 return False
         return same_rows(run_dir, reference)
     except Exception:  # noqa: BLE001  (any failure to read or resume is a trial that did not stay intact)
@@ -340,8 +342,9 @@ def main() -> int:
         work = Path(tmp)
         base, other, reference = work / "base", work / "other", work / "reference"
         for run_dir, seed, steps in ((base, "0", "60"), (other, "9", "60")):
-            assert command("sim.run", *FAST, "--steps", steps, "--seed", seed, "--out", str(run_dir)).returncode == 0
-        assert command("sim.run", *ARGS, "--out", str(reference)).returncode == 0
+            made = command("sim.run", *FAST, "--steps", steps, "--seed", seed, "--out", str(run_dir), timeout=600)
+            assert made is not None and made.returncode == 0
+        assert command("sim.run", *ARGS, "--out", str(reference), timeout=600).returncode == 0
         inputs = bad_inputs(work, base, other)
         kills = trials(work, reference, args.quick)
     for name, ok, what in inputs:
