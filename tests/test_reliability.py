@@ -248,7 +248,7 @@ def test_a_write_that_fails_mid_run_stops_on_one_line_and_keeps_every_committed_
     assert 0 < n < 3000
     np.testing.assert_array_equal(steps["step"], np.arange(1, n + 1))  # no row of zeros
     assert np.all(steps["wall_time"] > 0)
-    np.testing.assert_array_equal(particles["step"], np.arange(5, 5 * len(particles["step"]) + 1, 5))
+    assert np.all(np.diff(particles["step"]) == 5) and 0 < particles["step"][-1] <= n  # every log row, in order
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)  # the last good checkpoint is intact
     assert state["step"] % 500 == 0 and state["step"] <= n
 
