@@ -19,13 +19,14 @@ from analysis.pruning import within_tolerance
 from analysis.report_format import fmt, md_figures, md_table, metric_words, yes
 from sim.record import is_complete
 
-SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness")
+SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness", "soup")
 SCRIPT_TITLES = {
     "specialisation": "Specialisation",
     "pruning": "Particle dropout and pruning",
     "connectivity": "Connectivity",
     "trajectories": "Weight trajectories",
     "robustness": "Robustness of the self-replicators",
+    "soup": "Population events and lineages",
 }
 FIGURES = "figures"
 

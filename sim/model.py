@@ -85,6 +85,7 @@ class ParticleModel(mesa.Model):
             self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
+        self.event_counts = torch.zeros(len(EVENT_NAMES), dtype=torch.int64, device=self.device)  # since step 0
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
@@ -162,6 +163,7 @@ class ParticleModel(mesa.Model):
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
         events = self._events()
+        self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
                                  time.perf_counter() - started)  # fmt: skip
@@ -196,7 +198,8 @@ class ParticleModel(mesa.Model):
         counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
-                        "sr_active": self.sr_active}  # fmt: skip
+                        "sr_active": self.sr_active,
+                        "event_counts": dict(zip(EVENT_NAMES, self.event_counts.tolist()))}  # fmt: skip
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
@@ -223,6 +226,7 @@ class ParticleModel(mesa.Model):
             "python_random": self.random.getstate(),
             "numpy_rng": self.rng.bit_generator.state,
             "sr_active": self.sr_active,
+            "event_counts": self.event_counts.cpu().clone(),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
             "record_rows": self.record.rows() if self.record is not None else {},
@@ -238,6 +242,8 @@ class ParticleModel(mesa.Model):
         self.random.setstate(state["python_random"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.sr_active = state["sr_active"]
+        if "event_counts" in state:  # checkpoints written before the counts were kept
+            self.event_counts.copy_(state["event_counts"].to(self.device))
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
         self.steps = state["step"]
