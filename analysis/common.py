@@ -25,25 +25,10 @@ import torch
 from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
 from sim.config import DTYPES, Config, ConfigError, from_dict
 from sim.organism import Organism
-from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights
+from sim.particles import KIND_COLOURS, KIND_LABELS, KIND_NAMES, ParticleSpec, apply, classify, effective_weights
 from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group
-from sim.tasks import DataError, Task, make_task
+from sim.tasks import METRICS, DataError, Metric, Task, make_task
 
-# one colour per kind, the same in every figure
-KIND_COLORS = {
-    "divergent": "#d62728",
-    "zero": "#9e9e9e",
-    "self_replicator": "#1f77b4",
-    "self_replicator_2nd": "#17becf",
-    "other": "#ff7f0e",
-}
-KIND_LABELS = {
-    "divergent": "divergent",
-    "zero": "zero",
-    "self_replicator": "self-replicator",
-    "self_replicator_2nd": "2nd-order self-replicator",
-    "other": "other",
-}
 # A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
 # carries (relative contribution, see `Contributions`); the report explains the choice.
 PURE_THRESHOLD = 0.01
@@ -90,6 +75,18 @@ class Run:
     @property
     def metric_name(self) -> str:
         return str(self.attrs.get("metric_name", "none"))
+
+    @property
+    def metric(self) -> Metric | None:
+        """The run's task metric from the task table; None for a soup (or a metric this version does not know)."""
+        return METRICS.get(self.metric_name)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric value is better, as the record says (records without the attribute: the table)."""
+        if "higher_is_better" in self.attrs:
+            return bool(self.attrs["higher_is_better"])
+        return self.metric.higher_is_better if self.metric is not None else True
 
     @property
     def sizes(self) -> list[int]:
@@ -271,11 +268,12 @@ def kind_legend_handles(kinds: list[str]) -> list[Any]:
     """Legend patches for the given kind names, in the order given."""
     from matplotlib.patches import Patch
 
-    return [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
+    return [Patch(color=KIND_COLOURS[k], label=KIND_LABELS[k]) for k in kinds]
 
 
 def metric_label(metric_name: str) -> str:
-    return {"mae": "held-out MAE (lower is better)", "accuracy": "held-out accuracy"}.get(metric_name, metric_name)
+    """An axis label for the metric a record names ("held-out MAE (lower is better)")."""
+    return METRICS[metric_name].label if metric_name in METRICS else metric_name
 
 
 def positive_log_scale(ax: Any, values: np.ndarray, axis: str = "y") -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from analysis.common import KIND_COLORS, Parser, UsageError, cli, new_figure, save_figure, write_json
+from analysis.common import KIND_COLOURS, Parser, UsageError, cli, new_figure, save_figure, write_json
 from sim.particles import DIVERGENT, SELF_REPLICATOR, ZERO, ParticleSpec, classify, self_apply, unpack
 
 DEFAULT_EXPONENTS = tuple(range(10))
@@ -117,9 +117,9 @@ def figure(numbers: dict[str, Any], parts: list[Times], path: Path) -> Path:
     fig, axes = new_figure(2, width=5.6, height=4.2)
     box = {"widths": 0.6, "patch_artist": True, "medianprops": {"color": "black"},
            "flierprops": {"markersize": 3, "alpha": 0.5}}  # fmt: skip
-    panels = (("vergence", "self-applications before zero or divergent", "Time to vergence", KIND_COLORS["zero"]),
+    panels = (("vergence", "self-applications before zero or divergent", "Time to vergence", KIND_COLOURS["zero"]),
               ("fixpoint", "self-applications as a self-replicator", "Time as fixpoint",
-               KIND_COLORS["self_replicator"]))  # fmt: skip
+               KIND_COLOURS["self_replicator"]))  # fmt: skip
     for ax, (field, ylabel, title, colour) in zip(axes[0], panels):
         parts_box = ax.boxplot([getattr(p, field) for p in parts], positions=x, **box)
         for patch in parts_box["boxes"]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     AnalysisError,
     Result,
@@ -194,7 +194,7 @@ def _figure(run: Run, counts: np.ndarray, series: dict[str, np.ndarray], path: P
 
     ax = axes[0, 1]
     for k, name in enumerate(run.kind_names):
-        ax.plot(run.particles["step"], run.particles["kind_counts"][:, k], color=KIND_COLORS[name], lw=2,
+        ax.plot(run.particles["step"], run.particles["kind_counts"][:, k], color=KIND_COLOURS[name], lw=2,
                 label=KIND_LABELS[name])  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("particles (thick lines)")
@@ -209,9 +209,9 @@ def _figure(run: Run, counts: np.ndarray, series: dict[str, np.ndarray], path: P
     ax = axes[0, 2]
     ax.plot(series["steps"], series["largest"], label="largest lineage (all particles)", color="black")
     ax.plot(series["steps"], series["largest_sr"], label="largest lineage of self-replicators",
-            color=KIND_COLORS["self_replicator"])  # fmt: skip
+            color=KIND_COLOURS["self_replicator"])  # fmt: skip
     ax.plot(series["steps"], series["sr_lineages"], label="lineages among self-replicators", ls="--",
-            color=KIND_COLORS["self_replicator"])  # fmt: skip
+            color=KIND_COLOURS["self_replicator"])  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("particles / lineages")
     ax.set_title("Lineages (replicate, attack, learn-from)")

@@ -18,19 +18,12 @@ from matplotlib.colors import to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sim.particles import KIND_NAMES, classify, effective_weights, sr_loss
+from sim.particles import KIND_COLOURS, KIND_NAMES, classify, effective_weights, sr_loss
 from sim.topology import particle_table
 
 if TYPE_CHECKING:
     from sim.model import ParticleModel
 
-KIND_COLOURS = {
-    "divergent": "#d62728",
-    "zero": "#b0b0b0",
-    "self_replicator": "#2ca02c",
-    "self_replicator_2nd": "#9467bd",
-    "other": "#1f77b4",
-}
 FIGSIZE = (6.0, 3.6)
 DPI = 80
 

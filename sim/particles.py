@@ -17,8 +17,36 @@ from functools import cache
 import numpy as np
 import torch
 
-KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
-DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
+
+@dataclass(frozen=True)
+class Kind:
+    """A particle kind (fixpoint class): its record name, a short name for progress lines, its colour in every figure
+    (the page's and the reports'), its label in words, and where it is drawn (`layer` 0 first, beneath the others)."""
+
+    name: str
+    short: str
+    colour: str
+    label: str
+    layer: int
+
+
+# The kinds, in the order of their codes (the record's `kind_names`) and of the first-match-wins classification;
+# rare kinds are drawn on top of common ones.
+KINDS = (
+    Kind("divergent", "div", "#d62728", "divergent", layer=4),
+    Kind("zero", "zero", "#9e9e9e", "zero", layer=1),
+    Kind("self_replicator", "SR", "#1f77b4", "self-replicator", layer=3),
+    Kind("self_replicator_2nd", "SR2", "#17becf", "2nd-order self-replicator", layer=2),
+    Kind("other", "other", "#ff7f0e", "other", layer=0),
+)
+KIND_NAMES = tuple(kind.name for kind in KINDS)
+DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = (
+    KIND_NAMES.index(name) for name in ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
+)
+KIND_COLOURS = {kind.name: kind.colour for kind in KINDS}
+KIND_LABELS = {kind.name: kind.label for kind in KINDS}
+SHORT_KINDS = {kind.name: kind.short for kind in KINDS}
+DRAW_ORDER = tuple(kind.name for kind in sorted(KINDS, key=lambda kind: kind.layer))  # beneath first
 MIN_WEIGHT_INTERFACE = 4  # the coordinate row holds the weight, its layer, row and column
 KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (docs/science.md §2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero

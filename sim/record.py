@@ -2,7 +2,8 @@
 
 Layout (schema 1; README documents it):
 - root attributes: `schema_version`, `config` (JSON), `seed`, `versions` (JSON), `git_commit`, `kind_names`,
-  `event_names`, `created`, `mode`, `task`, `metric_name`, `layer_sizes` (JSON), `device`, `checkpoint`.
+  `event_names`, `created`, `mode`, `task`, `metric_name`, `higher_is_better` (organisms), `layer_sizes` (JSON),
+  `device`, `checkpoint`.
 - `/steps/{step, task_loss, sr_loss, metric, sr_active, wall_time}`: one row per step (`metric` is the train-batch
   metric; `sr_active` says whether self-training ran).
 - `/particles/{step, held_out_metric, kind_counts [T, 5], kind [T, P] int8, sr_loss [T, P], effective_weight [T, P]}`:
