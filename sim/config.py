@@ -24,7 +24,7 @@ from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
 from sim.tasks import TASK_TABLE
 
-MODES = ("organism", "soup")
+MODES = ("organism", "soup", "dense")
 TASKS = tuple(TASK_TABLE)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,10 +45,12 @@ def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: 
 
 @dataclass
 class OrganismConfig:
-    """Shape of the organism: `depth` layers of particles, hidden `width` (input/output sizes come from the task)."""
+    """Shape of the organism: `depth` layers of particles, hidden `width` (input/output sizes come from the task);
+    `hidden`, a list of hidden widths (e.g. `[300, 100]` for LeNet-300-100), overrides both."""
 
     width: int | None = _f(None, lo=1)
     depth: int = _f(3, lo=1)
+    hidden: list[int] | None = _f(None, lo=1)
     residual: bool = _f(False)
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
@@ -196,6 +198,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
             return None
         raise ConfigError(f"{key} must not be empty")
     base = next(t for t in allowed if t is not type(None))
+    if typing.get_origin(base) is list:
+        return _coerce_list(key, value, f)
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -218,6 +222,19 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     if meta.get("hi") is not None and value > meta["hi"]:
         raise ConfigError(f"{key} must be <= {meta['hi']}, got {value!r}")
     return value
+
+
+def _coerce_list(key: str, value: Any, f: dataclasses.Field) -> list[int]:
+    """A non-empty list of integers, each in the field's range (the only list-valued keys are lists of widths)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
+    lo = f.metadata.get("lo")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        if lo is not None and item < lo:
+            raise ConfigError(f"{key} entries must be >= {lo}, got {value!r}")
+    return list(value)
 
 
 def all_keys() -> list[str]:
@@ -266,6 +283,9 @@ def _default_text(key: str, default: Any) -> str:
         return "by task: " + ", ".join(f"{task} {value}" for task, value in by_task.items())
     if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_RATES:
         return f"organism 0, soup {SOUP_EVENT_DEFAULTS[key.split('.')[1]]}"
+    if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_PARAMS:
+        param = EVENT_PARAMS[key.split(".")[1]]
+        return f"organism {str(param.default).lower()}, soup {str(param.soup_default).lower()}"
     if default is None:
         return "none"
     return str(default).lower() if isinstance(default, bool) else str(default)
@@ -298,6 +318,13 @@ def describe_keys() -> str:
 def check_key(key: str) -> None:
     """ConfigError unless `key` names a config key (`section.key` or a top-level key)."""
     _owner(Config(), key)
+
+
+def list_valued(key: str) -> bool:
+    """Whether the config key `key` holds a list (such as `organism.hidden`)."""
+    _, _, f = _owner(Config(), key)
+    allowed = typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
+    return any(typing.get_origin(t) is list for t in allowed)
 
 
 def get_value(config: Config, key: str) -> Any:
@@ -378,6 +405,11 @@ def resolve(config: Config) -> Config:
         if getattr(config.events, name) is None:
             soup = config.mode == "soup" and param.soup_default is not None
             setattr(config.events, name, param.soup_default if soup else param.default)
+    if config.organism.hidden is not None:
+        config.organism.depth = len(config.organism.hidden) + 1  # the recorded config then says what ran
+    rates = [rate for rate in EVENT_RATES if getattr(config.events, rate)]
+    if config.mode == "dense" and rates:
+        raise ConfigError(f"events.{rates[0]} must be 0 in mode dense: the dense control has no particles")
     soup = config.soup
     if (
         config.mode == "soup"
