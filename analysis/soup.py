@@ -33,6 +33,7 @@ from analysis.common import (
     run_script,
     save_figure,
 )
+from analysis.report_format import md_table
 from sim.particles import SELF_REPLICATOR
 from sim.record import open_record, read_group
 
@@ -160,6 +161,31 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     }  # fmt: skip
     series = {"steps": sample_steps, "largest": largest, "largest_sr": largest_sr, "sr_lineages": sr_lineages}
     return Result(numbers, [_figure(run, counts, series, out_dir / "soup.png")])
+
+
+# --- what the report says -------------------------------------------------------------------------------------------
+
+
+def report_findings(run: Run, numbers: dict[str, Any]) -> list[str]:
+    """The lineages in a sentence with numbers (the one-run report's findings; the event counts are its own)."""
+    lineages = numbers["lineages"]
+    return [
+        f"At the end {lineages['alive_at_end']} lineages are alive, the largest {lineages['largest_at_end']} "
+        f"particles strong (the largest ever: {lineages['largest_ever']}); the self-replicators belong to "
+        f"{lineages['self_replicator_lineages_at_end']} lineages, the largest holding "
+        f"{lineages['largest_self_replicator_lineage_at_end']} of them.",
+    ]
+
+
+def report_body(run: Run, numbers: dict[str, Any], out: Path) -> list[str]:
+    """The report's tables: events per kind, and the largest lineages at the end."""
+    rows = [[name, total, f"{numbers['events_per_step'][name]:.3g}"] for name, total in numbers["event_totals"].items()]
+    lines = [md_table(["event", "applied", "per step"], rows)]
+    top = numbers["lineages"]["top"]
+    if top:
+        rows = [[entry["founder"], entry["size"], entry["self_replicators"]] for entry in top]
+        lines.append(md_table(["founder", "particles at the end", "of them self-replicators"], rows))
+    return lines
 
 
 # --- the figure -----------------------------------------------------------------------------------------------------

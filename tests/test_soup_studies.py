@@ -15,7 +15,15 @@ import yaml
 
 from analysis import known_fixpoint, report, robustness
 from analysis.common import load_run
-from analysis.soup import EventLog, analyse, counts_per_step, largest_lineage, trace_lineages
+from analysis.soup import (
+    EventLog,
+    analyse,
+    counts_per_step,
+    largest_lineage,
+    report_body,
+    report_findings,
+    trace_lineages,
+)
 from sim.config import build_config
 from sim.events import EVENT_NAMES
 from sim.particles import SELF_REPLICATOR, ParticleSpec, classify
@@ -91,6 +99,11 @@ def test_end_summary_and_soup_report_count_the_recorded_events(lineage_soup, cap
     founders = dict(map(tuple, lineages["self_replicator_founders"]))
     assert len(founders) == srs and lineages["largest_at_end"] >= lineages["largest_self_replicator_lineage_at_end"]
     assert lineages["largest_ever"] > 1  # replication made at least one lineage grow
+    top = lineages["top"][0]
+    assert f"| {top['founder']} | {top['size']} | {top['self_replicators']} |" in "\n".join(
+        report_body(run, numbers, tmp_path)
+    )
+    assert f"the largest {lineages['largest_at_end']} particles strong" in report_findings(run, numbers)[0]
 
 
 def test_event_counts_survive_a_resume(tmp_path):
