@@ -30,8 +30,12 @@ from sim.particles import (
     classify,
     effective_weights,
     init_weights,
+    kernel_effective_weights,
+    log_quantities,
     sr_loss,
     sr_train_,
+    task_sgd_,
+    uses_kernels,
 )
 from sim.record import (
     CHECKPOINT_NAME,
@@ -130,8 +134,9 @@ class ParticleModel(mesa.Model):
         nan = torch.full((), float("nan"), device=self.device)
         return nan, nan
 
-    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
-        """The task metric on held-out data (NaN without a task)."""
+    def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
+        """The task metric on held-out data (NaN without a task); `effective` `[P]`: the linear particles' effective
+        weights, when the caller has them already."""
         return float("nan")
 
     def _topology(self) -> dict[str, np.ndarray]:
@@ -196,10 +201,13 @@ class ParticleModel(mesa.Model):
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
         with torch.no_grad():
             weights = self.weights.detach()
-            kind = classify(weights, self.spec)  # [P]
-            losses = sr_loss(weights, self.spec)  # [P]
-            effective = effective_weights(weights, self.spec)  # [P]
-        held_out = self.held_out_metric()
+            if uses_kernels(weights, self.spec):  # all three in one pass over the bank
+                kind, losses, effective = log_quantities(weights, self.spec)  # [P] each
+            else:
+                kind = classify(weights, self.spec)  # [P]
+                losses = sr_loss(weights, self.spec)  # [P]
+                effective = effective_weights(weights, self.spec)  # [P]
+        held_out = self.held_out_metric(effective=effective if self.spec.linear else None)
         running = float(self._metric_sum) / max(self._metric_count, 1)
         self._metric_sum.zero_()
         self._metric_count = 0
@@ -304,16 +312,29 @@ class OrganismModel(ParticleModel):
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
-        output = self.organism.forward(self.weights, x)
-        loss = self.task.loss(output, y)
-        (grad,) = torch.autograd.grad(loss, self.weights)
-        self._sgd(grad, self.task_momentum, self.config.train.lr)
+        bank = self.weights.detach()
+        if uses_kernels(bank, self.spec):
+            # autograd only through the dense network of effective weights; dL/da then reaches W1, W2, W3 in closed
+            # form, fused with the SGD update in one pass over the bank
+            effective = kernel_effective_weights(bank, self.spec).requires_grad_(True)  # [P]
+            output = self.organism.forward_effective(effective, x)
+            loss = self.task.loss(output, y)
+            (upstream,) = torch.autograd.grad(loss, effective)
+            task_sgd_(bank, self.task_momentum, upstream, self.spec, self.config.train.lr, self.config.train.momentum)
+        else:
+            output = self.organism.forward(self.weights, x)
+            loss = self.task.loss(output, y)
+            (grad,) = torch.autograd.grad(loss, self.weights)
+            self._sgd(grad, self.task_momentum, self.config.train.lr)
         return loss.detach(), self.task.metric(output.detach(), y)
 
     @torch.no_grad()
-    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
-        weights = self.weights.detach() if weights is None else weights
-        return float(self.task.metric(self.organism.forward(weights, self.task.test_x), self.task.test_y))
+    def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
+        if effective is not None:
+            output = self.organism.forward_effective(effective, self.task.test_x)
+        else:
+            output = self.organism.forward(self.weights.detach() if weights is None else weights, self.task.test_x)
+        return float(self.task.metric(output, self.task.test_y))
 
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)

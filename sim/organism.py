@@ -51,9 +51,24 @@ class Organism:
         if path == "fast" and not self.spec.linear:
             raise ValueError("the fast path needs linear particles (particle.activation = 'none')")
         if path == "fast":
-            # one split, not a slice per layer: autograd then joins the layers' gradients with a single cat
-            counts = [end - start for start, end in itertools.pairwise(self.offsets)]
-            effective = effective_weights(weights, self.spec).split(counts)  # [P_l] per layer
+            return self.forward_effective(effective_weights(weights, self.spec), x, layer_inputs)
+
+        def general(layer: int, x: torch.Tensor) -> torch.Tensor:
+            return self._general_layer(weights[self.layer_slice(layer)], x, self.sizes[layer], self.sizes[layer + 1])
+
+        return self._layers(general, x, layer_inputs)
+
+    def forward_effective(
+        self, effective: torch.Tensor, x: torch.Tensor, layer_inputs: list | None = None
+    ) -> torch.Tensor:
+        """The fast path from the effective weights `[P]` of linear particles: ordinary matmuls, `[B, d_out]`."""
+        # one split, not a slice per layer: autograd then joins the layers' gradients with a single cat
+        counts = [end - start for start, end in itertools.pairwise(self.offsets)]
+        matrices = [a.view(n_out, n_in) for a, n_in, n_out in zip(effective.split(counts), self.sizes, self.sizes[1:])]
+        return self._layers(lambda layer, x: x @ matrices[layer].T, x, layer_inputs)
+
+    def _layers(self, layer_fn, x: torch.Tensor, layer_inputs: list | None) -> torch.Tensor:
+        """`layer_fn(layer, x)` layer after layer, with the residual skips and activations between them."""
         act = ACTIVATIONS[self.activation]
         skip = None
         for layer in range(self.depth):
@@ -63,11 +78,7 @@ class Organism:
             # the reference adds a skip around every pair of middle layers
             if self.residual and middle and (layer - 1) % 2 == 0 and layer + 1 < self.depth - 1:
                 skip = x
-            n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
-            if path == "fast":
-                x = x @ effective[layer].view(n_out, n_in).T
-            else:
-                x = self._general_layer(weights[self.layer_slice(layer)], x, n_in, n_out)
+            x = layer_fn(layer, x)
             if skip is not None and (layer - 1) % 2 == 1:
                 x = x + skip
                 skip = None

@@ -21,6 +21,7 @@ from sim.particles import KIND_NAMES
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, RecordError, load_checkpoint
 from sim.soup import SoupModel
 from sim.tasks import DataError
+from sim.threads import default_threads, set_threads
 
 SHORT_KINDS = {
     "divergent": "div",
@@ -52,6 +53,16 @@ def _steps(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -70,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps, help="number of simulation steps (default 10000)")
     p.add_argument("--seed", type=_seed, help="random seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto picks a GPU when present")
+    p.add_argument("--threads", type=_threads, help="CPU threads (default: 1 for small organisms, else the free cores)")
     p.add_argument("--out", help="run directory (default runs/<timestamp>-<task>-s<seed>/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -80,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then --config, then the flags, then --set, in that order."""
     overrides = [
-        (key, getattr(args, key)) for key in ("mode", "steps", "seed", "device") if getattr(args, key) is not None
+        (key, getattr(args, key))
+        for key in ("mode", "steps", "seed", "device", "threads")
+        if getattr(args, key) is not None
     ]
     if args.task is not None:
         overrides.append(("task.name", args.task))
@@ -123,6 +137,8 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     config = from_dict(state["config"])
     if args.device is not None:
         config.device = args.device
+    if args.threads is not None:
+        config.threads = args.threads
     resolve_device(config.device)
     return config, run_dir
 
@@ -185,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
         print(f"sim.run: error: {exc}", file=sys.stderr)
         return 2
+    set_threads(config.threads or default_threads(model.n_particles))
     if not args.resume:
         write_config(config, run_dir)
     try:
