@@ -12,44 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
+from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
+from sim.config import DTYPES, Config, ConfigError, from_dict
+from sim.organism import Organism
+from sim.particles import KIND_COLOURS, KIND_LABELS, KIND_NAMES, ParticleSpec, apply, classify, effective_weights
+from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group
+from sim.tasks import METRICS, DataError, Metric, Task, make_task
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from sim.config import Config, ConfigError, from_dict  # noqa: E402
-from sim.model import DTYPES  # noqa: E402
-from sim.organism import Organism  # noqa: E402
-from sim.particles import KIND_NAMES, ParticleSpec, apply, classify, effective_weights  # noqa: E402
-from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group  # noqa: E402
-from sim.run import Parser, UsageError  # noqa: E402
-from sim.tasks import DataError, Task, make_task  # noqa: E402
-
-# one colour per kind, the same in every figure
-KIND_COLORS = {
-    "divergent": "#d62728",
-    "zero": "#9e9e9e",
-    "self_replicator": "#1f77b4",
-    "self_replicator_2nd": "#17becf",
-    "other": "#ff7f0e",
-}
-KIND_LABELS = {
-    "divergent": "divergent",
-    "zero": "zero",
-    "self_replicator": "self-replicator",
-    "self_replicator_2nd": "2nd-order self-replicator",
-    "other": "other",
-}
 # A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
 # carries (relative contribution, see `Contributions`); the report explains the choice.
 PURE_THRESHOLD = 0.01
@@ -98,13 +77,24 @@ class Run:
         return str(self.attrs.get("metric_name", "none"))
 
     @property
+    def metric(self) -> Metric | None:
+        """The run's task metric from the task table; None for a soup (or a metric this version does not know)."""
+        return METRICS.get(self.metric_name)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric value is better, as the record says (records without the attribute: the table)."""
+        if "higher_is_better" in self.attrs:
+            return bool(self.attrs["higher_is_better"])
+        return self.metric.higher_is_better if self.metric is not None else True
+
+    @property
     def sizes(self) -> list[int]:
         return list(self.attrs.get("layer_sizes") or [])
 
     @property
     def spec(self) -> ParticleSpec:
-        p = self.config.particle
-        return ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        return self.config.particle.spec()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -214,7 +204,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 @dataclass
 class Contributions:
-    """Task contribution of every particle on the held-out set (DESIGN 1.5), arrays `[P]`.
+    """Task contribution of every particle on the held-out set (docs/science.md §5), arrays `[P]`.
 
     `absolute` is the mean |carried value| (for linear particles |effective weight x input value|); `share` the
     fraction of its target neuron's summed absolute input it carries; `relative` = share x fan-in, so 1 is an
@@ -278,11 +268,12 @@ def kind_legend_handles(kinds: list[str]) -> list[Any]:
     """Legend patches for the given kind names, in the order given."""
     from matplotlib.patches import Patch
 
-    return [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
+    return [Patch(color=KIND_COLOURS[k], label=KIND_LABELS[k]) for k in kinds]
 
 
 def metric_label(metric_name: str) -> str:
-    return {"mae": "held-out MAE (lower is better)", "accuracy": "held-out accuracy"}.get(metric_name, metric_name)
+    """An axis label for the metric a record names ("held-out MAE (lower is better)")."""
+    return METRICS[metric_name].label if metric_name in METRICS else metric_name
 
 
 def positive_log_scale(ax: Any, values: np.ndarray, axis: str = "y") -> bool:
@@ -365,15 +356,14 @@ def cli(
     Torch runs on one thread meanwhile: the analyses make many small forwards (1000 x 225 x 5 for MNIST), where
     handing work between threads costs more than it saves (70 ms instead of 1 ms per forward on a busy 2-core machine).
     """
+    headless_matplotlib()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         args = parser.parse_args(argv)
         lines = action(args)
     except (UsageError, RecordError, AnalysisError) as exc:
-        message = " ".join(str(exc).splitlines())  # one line, whatever the underlying library wrote
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        return error_exit(prog, exc)
     finally:
         torch.set_num_threads(threads)
     for line in lines:

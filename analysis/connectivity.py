@@ -26,7 +26,7 @@ import torch
 from matplotlib.colors import LogNorm
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     Result,
     Run,
@@ -37,12 +37,11 @@ from analysis.common import (
     save_figure,
     task_contributions,
 )
-from sim.particles import SELF_REPLICATOR, effective_weights
+from sim.particles import DRAW_ORDER, SELF_REPLICATOR, effective_weights
 from sim.topology import organism_graph
 
 EFFECTIVE_LABEL_MAX = 40  # organisms up to this many particles get every effective weight written on its edge
 CONTRIBUTION_RANGE = 1e-4  # the pixel-contribution colours span this factor below the largest; smaller is floored
-DRAW_ORDER = ("other", "zero", "self_replicator_2nd", "self_replicator", "divergent")  # rare kinds drawn on top
 
 
 def kind_mixing(kinds: np.ndarray, edges: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
@@ -157,7 +156,7 @@ def _organism_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path:
             continue
         # dense layers (MNIST's 1125 input particles) get hairlines, small ones thick lines
         widths = [float(np.clip(40 / per_layer[u[0]], 0.3, 2.5)) for u, _ in edges]
-        nx.draw_networkx_edges(graph, pos, edgelist=edges, edge_color=KIND_COLORS[name], width=widths,
+        nx.draw_networkx_edges(graph, pos, edgelist=edges, edge_color=KIND_COLOURS[name], width=widths,
                                alpha=0.6 if max(per_layer) > 100 else 0.9, arrows=False, ax=ax)  # fmt: skip
     node_size = [4 if sizes[layer] > 20 else 60 for layer, _ in graph.nodes]
     nx.draw_networkx_nodes(graph, pos, node_size=node_size, node_color="black", ax=ax)
@@ -198,7 +197,7 @@ def _soup_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Pat
     for name in DRAW_ORDER:
         nodes = np.flatnonzero(kind_of == name)
         if len(nodes):
-            nx.draw_networkx_nodes(graph, pos, nodelist=nodes.tolist(), node_color=KIND_COLORS[name],
+            nx.draw_networkx_nodes(graph, pos, nodelist=nodes.tolist(), node_color=KIND_COLOURS[name],
                                    node_size=10 if small else 25, ax=ax)  # fmt: skip
     ax.set_axis_off()
     mixing = numbers["kind_mixing"].get("self_replicator")

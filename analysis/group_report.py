@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     Run,
     metric_label,
@@ -35,6 +35,7 @@ from analysis.run_report import (
     report_run,
     sr_contributions,
 )
+from sim.tasks import METRICS
 
 CONFIDENCE = 0.95
 # headline numbers shown in the aggregate tables and drawn against swept parameters, with their labels
@@ -291,8 +292,8 @@ def _group_pruning_markdown(reports: list[RunReport], agg: dict[str, Any]) -> li
 
 
 def metric_limits(metric_name: str) -> tuple[float | None, float | None]:
-    """The range a task metric can take: accuracy in [0, 1], MAE >= 0."""
-    return (0.0, 1.0) if metric_name == "accuracy" else (0.0, None)
+    """The range a task metric can take (accuracy in [0, 1], MAE >= 0), from the task table."""
+    return (0.0, METRICS[metric_name].upper if metric_name in METRICS else None)
 
 
 def log_axis(values: np.ndarray) -> bool:
@@ -377,7 +378,7 @@ def _time_figure(reports: list[RunReport], path: Path) -> Path:
         grid, values = _on_grid(xs, [r.series["kind_counts"][:, k].astype(float) for r in reports])
         if values.max() > 0:
             label = KIND_LABELS.get(name, name)
-            _band(ax, grid, values, KIND_COLORS.get(name, "black"), label, limits=(0, run.n_particles))
+            _band(ax, grid, values, KIND_COLOURS.get(name, "black"), label, limits=(0, run.n_particles))
     ax.set_xlabel("step")
     ax.set_ylabel("particles")
     ax.set_title(f"Particle kinds (mean of {n} runs)")
@@ -385,7 +386,7 @@ def _time_figure(reports: list[RunReport], path: Path) -> Path:
     ax = panels.pop(0)
     grid, values = _on_grid(xs, [r.series["sr_loss_mean"] for r in reports])
     log = log_axis(values)
-    _band(ax, grid, values, KIND_COLORS["self_replicator"], f"{'geometric ' if log else ''}mean of {n} runs", log)
+    _band(ax, grid, values, KIND_COLOURS["self_replicator"], f"{'geometric ' if log else ''}mean of {n} runs", log)
     ax.set_yscale("log" if log else "linear")
     ax.set_xlabel("step")
     ax.set_ylabel("mean SR loss over particles")
@@ -420,7 +421,7 @@ def _pruning_curve_figure(reports: list[RunReport], path: Path) -> Path:
         *points["self_replicators"],
         "*",
         ms=13,
-        color=KIND_COLORS["self_replicator"],
+        color=KIND_COLOURS["self_replicator"],
         mec="black",
         ls="none",
         label="all self-replicators zeroed (one per run)",
@@ -456,7 +457,7 @@ def _equal_sparsity_figure(reports: list[RunReport], path: Path) -> Path:
     for ax, (table, first, title) in zip(axes[0], tables):
         keys = [first, *BASELINES, "random_mean"]
         labels = [title, *(BASELINE_LABELS[b] for b in BASELINES), "random (mean of draws)"]
-        colors = [KIND_COLORS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
+        colors = [KIND_COLOURS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
         y = np.arange(len(keys))[::-1]
         values = np.array([[p[table][k] for k in keys] for p in numbers])  # [runs, strategies]
         full = float(np.mean([p["metric_full"] for p in numbers]))

@@ -1,4 +1,4 @@
-"""`python -m analysis.pruning RUN_DIR`: particle dropout and pruning strategies at equal sparsity (DESIGN 1.5).
+"""`python -m analysis.pruning RUN_DIR`: particle dropout and pruning strategies at equal sparsity (docs/science.md §5).
 
 The organism is rebuilt from the final weights (the checkpoint the record names) and measured on the task's held-out
 set, the same split as in training. Pruning a particle means zeroing its weight vector, so it carries nothing.
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     PURE_THRESHOLD,
     Result,
@@ -237,7 +237,7 @@ def _dropout_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     kinds = list(numbers["dropout"])
     values = [numbers["dropout"][k]["metric"] for k in kinds]
     labels = [f"{KIND_LABELS[k]}\n(n={numbers['dropout'][k]['count']})" for k in kinds]
-    bars = ax.bar(labels, values, color=[KIND_COLORS[k] for k in kinds])
+    bars = ax.bar(labels, values, color=[KIND_COLOURS[k] for k in kinds])
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, bbox=LABEL_BOX)
     _full_line(ax, numbers["metric_full"])
     positive_log_scale(ax, [*values, numbers["metric_full"]])
@@ -257,7 +257,7 @@ def _sparsity_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     for ax, (title, table, key) in zip(axes[:, 0], tables):
         labels = [f"the {title}", *(BASELINE_LABELS[b] for b in BASELINES), "random (mean ± sd)"]
         values = [table[key], *(table[b] for b in BASELINES), table["random_mean"]]
-        colors = [KIND_COLORS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
+        colors = [KIND_COLOURS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
         y = np.arange(len(labels))[::-1]
         ax.barh(y, values, color=colors)
         ax.errorbar(values[-1], y[-1], xerr=table["random_sd"], color="black", capsize=4)
@@ -288,7 +288,7 @@ def _curve_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     ax.fill_between(x, curve["random_p16"], curve["random_p84"], color=BASELINE_COLORS["random"], alpha=0.25,
                     label="random, central 68% of draws")  # fmt: skip
     equal = numbers["equal_sparsity"]
-    ax.plot(equal["fraction"], equal["self_replicators"], "*", ms=16, color=KIND_COLORS["self_replicator"],
+    ax.plot(equal["fraction"], equal["self_replicators"], "*", ms=16, color=KIND_COLOURS["self_replicator"],
             mec="black", label="all self-replicators zeroed")  # fmt: skip
     if equal["pure_count"] > 0:
         label = f"pure self-replicators zeroed (relative contribution < {numbers['pure_threshold']:g})"
@@ -311,7 +311,7 @@ def _contribution_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, p
     threshold = numbers["pure_threshold"]
     fig, axes = new_figure(3 if exact is not None else 2, width=5.4, height=4.6)
     present = [run.kind_names[k] for k in np.unique(kinds)]
-    colors = np.array([KIND_COLORS[run.kind_names[k]] for k in kinds])
+    colors = np.array([KIND_COLOURS[run.kind_names[k]] for k in kinds])
     # zeros (particles fed by inputs that are always 0) cannot sit on a log axis: draw them at a floor, marked
     positive = relative[relative > 0]
     floor = min(positive.min(), threshold) / 10 if len(positive) else threshold / 10
@@ -332,7 +332,7 @@ def _contribution_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, p
 
     ax = axes[0, 1]
     scan = numbers["threshold_scan"]
-    ax.plot(scan["threshold"], scan["metric"], marker="o", color=KIND_COLORS["self_replicator"],
+    ax.plot(scan["threshold"], scan["metric"], marker="o", color=KIND_COLOURS["self_replicator"],
             label="self-replicators below the threshold zeroed")  # fmt: skip
     for t, m, c in zip(scan["threshold"], scan["metric"], scan["count"]):
         ax.annotate(f"n={c}", (t, m), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)

@@ -43,7 +43,7 @@ def md_figures(figures: list[Path], base: Path) -> list[str]:
 
 def metric_words(run: Run) -> str:
     """The run's task metric in words for a sentence ("held-out accuracy")."""
-    return {"accuracy": "held-out accuracy", "mae": "held-out MAE"}.get(run.metric_name, run.metric_name)
+    return run.metric.words if run.metric is not None else run.metric_name
 
 
 def yes(flag: bool) -> str:

@@ -30,7 +30,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     AnalysisError,
     Result,
@@ -190,7 +190,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     ax = axes[0, 0]
     parts = ax.boxplot([r.sr_steps for r in results], positions=x, **box)
     for patch in parts["boxes"]:
-        patch.set_facecolor(KIND_COLORS["self_replicator"])
+        patch.set_facecolor(KIND_COLOURS["self_replicator"])
         patch.set_alpha(0.6)
     stayed = [e["stayed_sr_fraction"] for e in numbers["levels"].values()]
     if any(stayed):
@@ -204,7 +204,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     shown = [v if len(v) else np.array([np.nan]) for v in verged]
     parts = ax.boxplot(shown, positions=x, **box)
     for patch in parts["boxes"]:
-        patch.set_facecolor(KIND_COLORS["zero"])
+        patch.set_facecolor(KIND_COLOURS["zero"])
         patch.set_alpha(0.6)
     top = max([float(v.max()) for v in verged if len(v)], default=1.0)
     if not any(len(v) for v in verged):
@@ -221,7 +221,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     present = [k for k in KIND_NAMES if any(e["end_fraction"][k] > 0 for e in numbers["levels"].values())]
     for kind in present:
         share = np.array([e["end_fraction"][kind] for e in numbers["levels"].values()])
-        ax.bar(x, share, bottom=bottom, color=KIND_COLORS[kind], width=0.7)
+        ax.bar(x, share, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
         bottom += share
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of noisy copies")

@@ -60,7 +60,7 @@ ALL_REPLICATORS = (
 )
 CARRY_REASON = (
     "Self-replication reads input slots 0..3 and the task the last slot, so an exact self-replicator can carry a large "
-    "effective weight (DESIGN 1.3); zeroing it removes that weight."
+    "effective weight (docs/science.md §3); zeroing it removes that weight."
 )
 
 

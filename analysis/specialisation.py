@@ -1,4 +1,5 @@
-"""`python -m analysis.specialisation RUN_DIR`: how the particles specialise over a run (DESIGN 1.5, first claim).
+"""`python -m analysis.specialisation RUN_DIR`: how the particles specialise over a run
+(docs/science.md §5, first claim).
 
 Reads the record's `/particles` rows (kind of every particle, its SR loss, the held-out metric) and `/steps` rows, and
 draws:
@@ -21,7 +22,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     Result,
     Run,
@@ -37,7 +38,6 @@ from sim.particles import SELF_REPLICATOR
 from sim.record import RecordError, open_record, read_group
 
 LOW, HIGH = 10, 90  # percentiles of the SR-loss band across particles
-HIGHER_IS_BETTER = {"accuracy": True, "mae": False}  # read from the record's metric name, without rebuilding the task
 EVENT_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22")
 
 
@@ -150,7 +150,7 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
 def _best(run: Run, metric: np.ndarray) -> float:
     """The best held-out metric of the run (accuracy: highest; MAE: lowest)."""
     finite = metric[np.isfinite(metric)]
-    return float(finite.max() if HIGHER_IS_BETTER.get(run.metric_name, True) else finite.min())
+    return float(finite.max() if run.higher_is_better else finite.min())
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def _best(run: Run, metric: np.ndarray) -> float:
 def _stack(ax: Any, steps: np.ndarray, counts: np.ndarray, names: list[str]) -> list[str]:
     """Stacked area of the kinds that ever occur; returns their names in drawing order."""
     present = [k for k in range(len(names)) if counts[:, k].any()]
-    ax.stackplot(steps, counts[:, present].T, colors=[KIND_COLORS[names[k]] for k in present], alpha=0.9)
+    ax.stackplot(steps, counts[:, present].T, colors=[KIND_COLOURS[names[k]] for k in present], alpha=0.9)
     if len(steps) > 1:
         ax.set_xlim(steps[0], steps[-1])
     ax.set_ylim(0, counts[0].sum())
@@ -211,8 +211,9 @@ def _training_figure(
         ax.plot(run.steps["step"], train, color="#aaaaaa", lw=0.5, alpha=0.7, label="train batch")
         metric = numbers["series"]["held_out_metric"]
         ax.plot(steps, metric, color="black", lw=1.5, label="held-out")
-        if not positive_log_scale(ax, np.concatenate([train, metric])) and run.metric_name == "accuracy":
-            ax.set_ylim(0, 1)
+        upper = run.metric.upper if run.metric is not None else None
+        if not positive_log_scale(ax, np.concatenate([train, metric])) and upper is not None:
+            ax.set_ylim(0, upper)
         _markers(ax, numbers, first_step)
         ax.set_xlabel("step")
         ax.set_ylabel(metric_label(run.metric_name))
@@ -232,9 +233,9 @@ def _training_figure(
         ax.legend(fontsize=8, loc="best")
         ax = axes[0, 1]
     ax.plot(run.steps["step"], run.steps["sr_loss"], color="#aaaaaa", lw=0.5, alpha=0.7, label="mean per step")
-    ax.fill_between(steps, losses["low"], losses["high"], color=KIND_COLORS["self_replicator"], alpha=0.2,
+    ax.fill_between(steps, losses["low"], losses["high"], color=KIND_COLOURS["self_replicator"], alpha=0.2,
                     label=f"{LOW}-{HIGH}% of particles")  # fmt: skip
-    ax.plot(steps, losses["median"], color=KIND_COLORS["self_replicator"], lw=1.5, label="median over particles")
+    ax.plot(steps, losses["median"], color=KIND_COLOURS["self_replicator"], lw=1.5, label="median over particles")
     positive_log_scale(ax, np.concatenate([run.steps["sr_loss"], losses["low"], losses["high"]]))
     _markers(ax, numbers, first_step)
     ax.set_xlabel("step")

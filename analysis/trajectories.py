@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
 from analysis.common import (
-    KIND_COLORS,
+    KIND_COLOURS,
     KIND_LABELS,
     Result,
     Run,
@@ -36,7 +36,7 @@ from analysis.common import (
     run_script,
     save_figure,
 )
-from analysis.connectivity import DRAW_ORDER
+from sim.particles import DRAW_ORDER
 
 DEFAULT_MAX_LINES = 150  # particles of each kind drawn per panel
 N_RATIOS = 10  # explained variance ratios reported per layer
@@ -166,7 +166,7 @@ def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], dims: in
             if not mine.any():
                 continue
             paths = points[:, mine].transpose(1, 0, 2)  # [D_k, S, dims]
-            color = KIND_COLORS[name]
+            color = KIND_COLOURS[name]
             style = {"colors": color, "linewidths": 0.5 if many else 1.0, "alpha": 0.35 if many else 0.8}
             ax.add_collection(Line3DCollection(paths, **style) if dims == 3 else LineCollection(paths, **style))
             start, end = paths[:, 0].T, paths[:, -1].T
@@ -216,7 +216,7 @@ def _movement_figure(
             mine = ids[names[kinds[ids]] == name]
             if not len(mine):
                 continue
-            color = KIND_COLORS[name]
+            color = KIND_COLOURS[name]
             drawn = subset(mine, kinds[mine], DEFAULT_MAX_LINES, rng)
             ax.plot(steps, np.maximum(speed[:, drawn], floor), color=color, lw=0.4, alpha=0.25)
             ax.plot(steps, np.maximum(np.median(speed[:, mine], axis=1), floor), color=color, lw=2.2,

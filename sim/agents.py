@@ -26,7 +26,7 @@ class ParticleAgent(FixedAgent):
 
     @property
     def kind(self) -> str:
-        """Fixpoint kind of the particle's current weights (DESIGN 1.2)."""
+        """Fixpoint kind of the particle's current weights (docs/science.md §2)."""
         return KIND_NAMES[int(classify(self._row(), self.model.spec)[0])]
 
     @property
@@ -36,7 +36,7 @@ class ParticleAgent(FixedAgent):
 
     @property
     def effective_weight(self) -> float:
-        """Current effective weight: the factor the particle applies to the value it carries (DESIGN 1.3)."""
+        """Current effective weight: the factor the particle applies to the value it carries (docs/science.md §3)."""
         return float(effective_weights(self._row(), self.model.spec)[0])
 
     def step(self) -> None:

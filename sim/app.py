@@ -22,18 +22,11 @@ from urllib.parse import parse_qs
 import numpy as np
 import solara
 
-from sim.config import EVENT_RATES, SOUP_EVENT_DEFAULTS, TASKS, Config, build_config
-from sim.model import OrganismModel, ParticleModel
-from sim.particles import KIND_NAMES
-from sim.record import RecordError
-from sim.soup import SoupModel
-from sim.view import (
-    REPLAY_ENV,
-    Replay,
-    incompatible_widgets,
+from sim.config import SOUP_EVENT_DEFAULTS, TASKS, Config, build_config
+from sim.events import EVENT_NAMES, EVENTS
+from sim.figures import (
     kind_counts_figure,
     kinds_text,
-    load_replay,
     model_layout,
     particle_state,
     series_figure,
@@ -41,6 +34,12 @@ from sim.view import (
     topology_figure,
     weights_figure,
 )
+from sim.model import OrganismModel, ParticleModel
+from sim.particles import KIND_NAMES
+from sim.record import RecordError
+from sim.replay import Replay, load_replay
+from sim.soup import SoupModel
+from sim.view import REPLAY_ENV, incompatible_widgets
 
 with warnings.catch_warnings():
     # Solara's hook check flags a `use_state` after an early return in Mesa's ComponentsView; that return is taken
@@ -79,31 +78,39 @@ class _Watched:
             self.history.append(self.summary)
 
 
-class LiveOrganism(_Watched, OrganismModel):
-    """An organism network built from the page's controls (Mesa's reset re-creates it with their current values)."""
+def _rates(given: dict[str, Any], defaults: dict[str, float]) -> dict[str, float]:
+    """The event rates of a page model: `defaults` with the given ones, one per event type; TypeError for a keyword
+    that is no event type."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r} (event rates: {', '.join(defaults)})")
+    return {**defaults, **given}
 
-    def __init__(self, task: str = "arithmetic", n_sr: int = 10, alpha: float = 1.0, attack: float = 0.0,
-                 melt: float = 0.0, replicate: float = 0.0, respawn: float = 0.0, noise: float = 0.0,
-                 seed: int = 0) -> None:  # fmt: skip
-        rates = {"attack": attack, "melt": melt, "replicate": replicate, "respawn": respawn, "noise": noise}
+
+class LiveOrganism(_Watched, OrganismModel):
+    """An organism network built from the page's controls (Mesa's reset re-creates it with their current values);
+    `kwargs` are the event rates by event name (default 0)."""
+
+    def __init__(self, task: str = "arithmetic", n_sr: int = 10, alpha: float = 1.0, seed: int = 0,
+                 **kwargs: float) -> None:  # fmt: skip
+        rates = _rates(kwargs, dict.fromkeys(EVENT_NAMES, 0.0))
         super().__init__(_page_config("organism", [("task.name", task)], rates, n_sr, alpha, seed))
         self._watch()
 
 
 class LiveSoup(_Watched, SoupModel):
-    """A soup of free particles built from the page's controls."""
+    """A soup of free particles built from the page's controls; `kwargs` are the event rates by event name (default:
+    the soup's)."""
 
-    def __init__(self, size: int = 200, n_sr: int = 10, alpha: float = 1.0, attack: float = 0.01, melt: float = 0.01,
-                 replicate: float = 0.02, respawn: float = 1.0, noise: float = 0.0, seed: int = 0) -> None:  # fmt: skip
-        rates = {"attack": attack, "melt": melt, "replicate": replicate, "respawn": respawn, "noise": noise}
+    def __init__(self, size: int = 200, n_sr: int = 10, alpha: float = 1.0, seed: int = 0, **kwargs: float) -> None:
+        rates = _rates(kwargs, SOUP_EVENT_DEFAULTS)
         super().__init__(_page_config("soup", [("soup.size", int(size))], rates, n_sr, alpha, seed))
         self._watch()
 
 
 def _rate_sliders(defaults: dict[str, float]) -> dict[str, Slider]:
-    """Per-step, per-particle event probabilities as controls (respawn acts only on divergent particles: up to 1)."""
-    top = {"attack": 0.1, "melt": 0.1, "replicate": 0.1, "respawn": 1.0, "noise": 0.1}
-    return {name: Slider(f"{name} rate", float(defaults[name]), 0.0, top[name], top[name] / 20) for name in top}
+    """Per-step, per-particle event probabilities as controls, one per event type, up to its `rate_max`."""
+    return {e.name: Slider(f"{e.name} rate", float(defaults[e.name]), 0.0, e.rate_max, e.rate_max / 20) for e in EVENTS}
 
 
 COMMON_PARAMS = {
@@ -114,7 +121,7 @@ COMMON_PARAMS = {
 ORGANISM_PARAMS = {
     "task": {"type": "Select", "value": "arithmetic", "values": list(TASKS), "label": "task"},
     **COMMON_PARAMS,
-    **_rate_sliders(dict.fromkeys(SOUP_EVENT_DEFAULTS, 0.0)),
+    **_rate_sliders(dict.fromkeys(EVENT_NAMES, 0.0)),
 }
 SOUP_PARAMS = {
     "size": Slider("particles", 200, 20, 1000, 20),
@@ -135,7 +142,7 @@ def _settings_text(model: ParticleModel) -> str:
     """The controls the model was built with (Mesa's sliders show their values only while dragged)."""
     config = model.config
     what = f"task {config.task.name}" if config.mode == "organism" else "soup"
-    rates = ", ".join(f"{name}={getattr(config.events, name):g}" for name in EVENT_RATES)
+    rates = ", ".join(f"{name}={getattr(config.events, name):g}" for name in EVENT_NAMES)
     # MNIST trains the task first: without this line a page where nothing specialises yet would look broken
     training = "on" if model.sr_active else f"waits for the train metric to reach {config.train.task_first_threshold:g}"
     return (f"{what}, {model.n_particles} particles, n_sr={config.train.n_sr}, alpha={config.train.alpha:g}, "

@@ -16,16 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
+from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
+from sim.tasks import TASK_TABLE
+
 MODES = ("organism", "soup")
-TASKS = ("mnist", "arithmetic")
-DTYPES = ("float32", "float64")
+TASKS = tuple(TASK_TABLE)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
-ACTIVATION_NAMES = ("none", "tanh", "relu", "sigmoid", "leaky_relu")
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 NEIGHBOURHOOD_NAMES = ("shared_neuron", "same_target", "same_layer")
 TRAIN_ORDERS = ("sr_first", "task_first")
 SR_OPTIMIZERS = ("fresh", "persistent", "shared")
+SOUP_GRAPHS = ("regular", "complete")
 
 
 class ConfigError(ValueError):
@@ -46,13 +52,20 @@ class OrganismConfig:
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
 
+_SPEC = ParticleSpec()
+
+
 @dataclass
 class ParticleConfig:
-    """Shape of every particle: k = `weight_interface` inputs, `hidden` units, optional activation."""
+    """The config's side of `ParticleSpec` (its defaults and bounds), with `hidden` left to the task until resolved."""
 
-    weight_interface: int = _f(5, lo=4)
+    weight_interface: int = _f(_SPEC.weight_interface, lo=MIN_WEIGHT_INTERFACE)
     hidden: int | None = _f(None, lo=1)
-    activation: str = _f("none", choices=ACTIVATION_NAMES)
+    activation: str = _f(_SPEC.activation, choices=ACTIVATION_NAMES)
+
+    def spec(self) -> ParticleSpec:
+        """The particle shape these keys describe (after `resolve`, which fills `hidden`)."""
+        return ParticleSpec(self.weight_interface, self.hidden, self.activation)
 
 
 @dataclass
@@ -67,7 +80,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser and the self-replication schedule (DESIGN 1.4)."""
+    """Optimiser and the self-replication schedule (docs/science.md §4)."""
 
     lr: float = _f(0.004, lo=0.0)
     momentum: float = _f(0.9, lo=0.0, hi=1.0)
@@ -80,26 +93,32 @@ class TrainConfig:
     sr_optimizer: str = _f("fresh", choices=SR_OPTIMIZERS)
 
 
-@dataclass
-class EventsConfig:
-    """Per-step, per-particle event probabilities (DESIGN 1.6); None: 0 for organisms, on in soups."""
+def _events_config() -> type:
+    """The `events` section, derived from the event table `sim.events.EVENTS`: one rate per event type (a per-step,
+    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter, and the
+    organism's neighbourhood."""
+    fields: list[tuple[str, Any, Any]] = [(e.name, float | None, _f(None, lo=0.0, hi=1.0)) for e in EVENTS]
+    fields += [(p.name, type(p.default), _f(p.default, lo=p.lo, hi=p.hi)) for p in EVENT_PARAMS.values()]
+    fields.append(("neighbourhood", str, _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)))
+    cls = dataclasses.make_dataclass("EventsConfig", fields)
+    cls.__module__ = __name__  # pickled by reference, as the other sections
+    cls.__doc__ = (
+        "Population events (docs/science.md §6): a rate per event type of `sim.events.EVENTS`, and their parameters."
+    )
+    return cls
 
-    attack: float | None = _f(None, lo=0.0, hi=1.0)
-    melt: float | None = _f(None, lo=0.0, hi=1.0)
-    replicate: float | None = _f(None, lo=0.0, hi=1.0)
-    respawn: float | None = _f(None, lo=0.0, hi=1.0)
-    noise: float | None = _f(None, lo=0.0, hi=1.0)
-    mutation_sigma: float = _f(0.01, lo=0.0)
-    noise_sigma: float = _f(0.01, lo=0.0)
-    neighbourhood: str = _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)
+
+EventsConfig = _events_config()
 
 
 @dataclass
 class SoupConfig:
-    """A soup: `size` free particles on a random `degree`-regular graph."""
+    """A soup: `size` free particles on a random `degree`-regular graph (`graph: regular`) or on the complete graph,
+    where any particle meets any other (`graph: complete`; `degree` is unused then)."""
 
     size: int = _f(1000, lo=2)
     degree: int = _f(4, lo=1)
+    graph: str = _f("regular", choices=SOUP_GRAPHS)
 
 
 @dataclass
@@ -118,7 +137,7 @@ class Config:
     steps: int = _f(10000, lo=0)
     seed: int = _f(0, lo=0)
     device: str = _f("auto", choices=DEVICES)
-    dtype: str = _f("float32", choices=DTYPES)
+    dtype: str = _f("float32", choices=tuple(DTYPES))
     threads: int | None = _f(None, lo=1)  # CPU threads; None: 1 for small banks, else the free cores (sim.threads)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     particle: ParticleConfig = field(default_factory=ParticleConfig)
@@ -138,13 +157,24 @@ class Config:
 # the names of the config's sections (`train`, `events`, ...), the first part of a `section.key`
 SECTIONS = frozenset(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
 
-# Task-dependent defaults: the paper's MNIST organism and arithmetic organism.
+# Task-dependent defaults (the paper's MNIST organism and arithmetic organism), from the task table.
 TASK_DEFAULTS = {
-    "mnist": {"organism.width": 5, "particle.hidden": 5, "task.batch_size": 2000, "train.task_first_threshold": 0.85},
-    "arithmetic": {"organism.width": 3, "particle.hidden": 3, "task.batch_size": 50, "train.task_first_threshold": 0.0},
-}
-EVENT_RATES = ("attack", "melt", "replicate", "respawn", "noise")
-SOUP_EVENT_DEFAULTS = {"attack": 0.01, "melt": 0.01, "replicate": 0.02, "respawn": 1.0, "noise": 0.0}
+    name: {"organism.width": entry.width, "particle.hidden": entry.hidden, "task.batch_size": entry.batch_size,
+           "train.task_first_threshold": entry.gate_threshold}
+    for name, entry in TASK_TABLE.items()
+}  # fmt: skip
+EVENT_RATES = EVENT_NAMES  # the events section's rate keys, one per event type
+SOUP_EVENT_DEFAULTS = {event.name: event.soup_rate for event in EVENTS}
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a config's `device` names: `auto` picks CUDA when a GPU is present; `cuda` without one is a
+    ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -273,7 +303,11 @@ def resolve(config: Config) -> Config:
         if getattr(config.events, rate) is None:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
     soup = config.soup
-    if config.mode == "soup" and (soup.degree >= soup.size or (soup.size * soup.degree) % 2):
+    if (
+        config.mode == "soup"
+        and soup.graph == "regular"
+        and (soup.degree >= soup.size or (soup.size * soup.degree) % 2)
+    ):
         raise ConfigError(
             f"soup.degree must be < soup.size with size*degree even, got size={soup.size} degree={soup.degree}"
         )

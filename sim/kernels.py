@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import sys
 from functools import cache
 from types import ModuleType
@@ -59,6 +60,17 @@ def _tree(terms: list[str]) -> str:
     while len(terms) > 1:
         terms = [f"({terms[i]} + {terms[i + 1]})" if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def sr_flops(k: int, h: int) -> int:
+    """Arithmetic operations of one SR step of one particle in the generated kernel (index arithmetic left out)."""
+    from sim.particles import ParticleSpec, positions  # particles imports this module
+
+    pos = positions(ParticleSpec(k, h)).T.double().numpy()  # [3, n]
+    source = sr_source(k, h, pos)
+    body = source[source.index("for step in range(n_steps):") :].split("for i in range(m):")[0]
+    arithmetic = re.sub(r"\[[^\]]*\]", "", body)  # drop the subscripts: their + is addressing
+    return sum(arithmetic.count(op) for op in (" * ", " + ", " - "))
 
 
 def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:

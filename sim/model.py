@@ -1,9 +1,9 @@
 """The Mesa models: `ParticleModel` (what organisms and soups share) and `OrganismModel`.
 
-One call of `step()` is one simulation step (DESIGN 1.4): `n_sr` self-replication SGD steps over the whole bank and a
-task SGD step (in the configured order), then population events, then classification and logging at their intervals.
-All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot path is
-batched tensor work with no Python loop over particles.
+One call of `step()` is one simulation step (docs/science.md §4): `n_sr` self-replication SGD steps over the whole
+bank and a task SGD step (in the configured order), then population events, then classification and logging at their
+intervals. All particle weights live in one tensor `weights [P, n]`; the agents are thin views into it, and the hot
+path is batched tensor work with no Python loop over particles.
 """
 
 from __future__ import annotations
@@ -21,20 +21,17 @@ import torch
 from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
-from sim.config import Config
-from sim.events import EVENT_NAMES, population_events
+from sim.config import DTYPES, Config, resolve_device
+from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
 from sim.organism import Organism
 from sim.particles import (
     KIND_NAMES,
-    ParticleSpec,
     classify,
     effective_weights,
     init_weights,
-    kernel_effective_weights,
     log_quantities,
     sr_loss,
     sr_train_,
-    task_sgd_,
     uses_kernels,
 )
 from sim.record import (
@@ -49,18 +46,8 @@ from sim.record import (
 from sim.tasks import make_task
 from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 class ParticleModel(mesa.Model):
@@ -87,8 +74,7 @@ class ParticleModel(mesa.Model):
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        p = config.particle
-        self.spec = ParticleSpec(p.weight_interface, p.hidden, p.activation)
+        self.spec = config.particle.spec()
         self.graph = graph
         self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
         self.weights.requires_grad_(True)
@@ -100,6 +86,7 @@ class ParticleModel(mesa.Model):
             self.indptr = torch.zeros(n_particles + 1, dtype=torch.int64, device=self.device)
             self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
+        self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
@@ -148,12 +135,6 @@ class ParticleModel(mesa.Model):
         return {"task": "none", "metric_name": "none", "layer_sizes": "[]"}
 
     # --- one simulation step -----------------------------------------------------------------------------------------
-    def _sgd(self, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float) -> None:
-        """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
-        with torch.no_grad():
-            momentum_buffer.mul_(self.config.train.momentum).add_(grad)
-            self.weights.add_(momentum_buffer, alpha=-lr)
-
     def _self_train(self) -> torch.Tensor:
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
@@ -166,7 +147,7 @@ class ParticleModel(mesa.Model):
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
     def step(self) -> None:
-        """One simulation step (DESIGN 1.4); Mesa has already advanced `self.steps` to this step's number."""
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
         if self.config.train.order == "sr_first":
@@ -191,11 +172,10 @@ class ParticleModel(mesa.Model):
             self.running = False
 
     def _events(self) -> torch.Tensor:
-        """The population events of this step (DESIGN 1.6), applied to the bank; rows `[E, 3]`."""
+        """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
         return population_events(
-            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator,
-            mutation_sigma=self.config.events.mutation_sigma, noise_sigma=self.config.events.noise_sigma,
-        )  # fmt: skip
+            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator, self.event_params
+        )
 
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
@@ -285,7 +265,7 @@ class ParticleModel(mesa.Model):
 
 
 class OrganismModel(ParticleModel):
-    """An organism network on a task: every connection weight is a particle (DESIGN 1.3)."""
+    """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
@@ -296,10 +276,9 @@ class OrganismModel(ParticleModel):
         device = resolve_device(config.device)
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
-        o, p = config.organism, config.particle
+        o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
-        self.organism = Organism(self.sizes, ParticleSpec(p.weight_interface, p.hidden, p.activation), o.residual,
-                                 o.activation)  # fmt: skip
+        self.organism = Organism(self.sizes, config.particle.spec(), o.residual, o.activation)
         # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
         # line graph), so a model without either builds neither
         needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)
@@ -312,21 +291,11 @@ class OrganismModel(ParticleModel):
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
-        bank = self.weights.detach()
-        if uses_kernels(bank, self.spec):
-            # autograd only through the dense network of effective weights; dL/da then reaches W1, W2, W3 in closed
-            # form, fused with the SGD update in one pass over the bank
-            effective = kernel_effective_weights(bank, self.spec).requires_grad_(True)  # [P]
-            output = self.organism.forward_effective(effective, x)
-            loss = self.task.loss(output, y)
-            (upstream,) = torch.autograd.grad(loss, effective)
-            task_sgd_(bank, self.task_momentum, upstream, self.spec, self.config.train.lr, self.config.train.momentum)
-        else:
-            output = self.organism.forward(self.weights, x)
-            loss = self.task.loss(output, y)
-            (grad,) = torch.autograd.grad(loss, self.weights)
-            self._sgd(grad, self.task_momentum, self.config.train.lr)
-        return loss.detach(), self.task.metric(output.detach(), y)
+        train = self.config.train
+        loss, output = self.organism.sgd_step_(
+            self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr, train.momentum
+        )
+        return loss, self.task.metric(output, y)
 
     @torch.no_grad()
     def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
@@ -343,4 +312,5 @@ class OrganismModel(ParticleModel):
         return topology
 
     def _extra_attrs(self) -> dict[str, Any]:
-        return {"task": self.task.name, "metric_name": self.task.metric_name, "layer_sizes": json.dumps(self.sizes)}
+        return {"task": self.task.name, "metric_name": self.task.metric_name,
+                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes)}  # fmt: skip

@@ -1,4 +1,4 @@
-"""The organism forward: a layered network whose every connection is a particle of the bank (DESIGN 1.3).
+"""The organism forward: a layered network whose every connection is a particle of the bank (docs/science.md §3).
 
 Neuron o of layer l+1 sums `p_{o,i}(x_i)` over its incoming particles, where a particle carries x by evaluating itself
 on the row `(0, ..., 0, x)`. Linear particles reduce to `a * x` with `a` the effective weight, so the fast path is one
@@ -8,10 +8,19 @@ batched product for all `a` followed by ordinary matmuls; the general path evalu
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
-from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
+from sim.particles import (
+    ACTIVATIONS,
+    ParticleSpec,
+    effective_weights,
+    kernel_effective_weights,
+    task_sgd_,
+    unpack,
+    uses_kernels,
+)
 
 
 class Organism:
@@ -58,6 +67,40 @@ class Organism:
 
         return self._layers(general, x, layer_inputs)
 
+    def sgd_step_(
+        self,
+        weights: torch.Tensor,
+        momentum_buffer: torch.Tensor,
+        x: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        lr: float,
+        momentum: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task SGD-with-momentum step (torch.optim.SGD's) on the bank `weights [P, n]` and its buffer, in place:
+        the organism's output for `x`, `loss_fn(output)`, its gradient, the update. Returns (loss, output), detached.
+
+        Linear CPU banks run autograd only through the dense network of effective weights; the gradient dL/da then
+        reaches W1, W2, W3 in closed form, fused with the update in one pass over the bank (sim.kernels). Otherwise
+        autograd runs through the whole forward.
+        """
+        bank = weights.detach()
+        if uses_kernels(bank, self.spec):
+            effective = kernel_effective_weights(bank, self.spec).requires_grad_(True)  # [P]
+            output = self.forward_effective(effective, x)
+            loss = loss_fn(output)
+            (upstream,) = torch.autograd.grad(loss, effective)
+            task_sgd_(bank, momentum_buffer, upstream, self.spec, lr, momentum)
+        else:
+            with torch.enable_grad():
+                leaf = weights if weights.requires_grad else bank.requires_grad_(True)
+                output = self.forward(leaf, x)
+                loss = loss_fn(output)
+                (grad,) = torch.autograd.grad(loss, leaf)
+            with torch.no_grad():
+                momentum_buffer.mul_(momentum).add_(grad)
+                bank.sub_(momentum_buffer, alpha=lr)
+        return loss.detach(), output.detach()
+
     def forward_effective(
         self, effective: torch.Tensor, x: torch.Tensor, layer_inputs: list | None = None
     ) -> torch.Tensor:
@@ -67,7 +110,7 @@ class Organism:
         matrices = [a.view(n_out, n_in) for a, n_in, n_out in zip(effective.split(counts), self.sizes, self.sizes[1:])]
         return self._layers(lambda layer, x: x @ matrices[layer].T, x, layer_inputs)
 
-    def _layers(self, layer_fn, x: torch.Tensor, layer_inputs: list | None) -> torch.Tensor:
+    def _layers(self, layer_fn: Callable, x: torch.Tensor, layer_inputs: list | None) -> torch.Tensor:
         """`layer_fn(layer, x)` layer after layer, with the residual skips and activations between them."""
         act = ACTIVATIONS[self.activation]
         skip = None

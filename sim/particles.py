@@ -1,6 +1,6 @@
 """The particle bank: P tiny self-replicating MLPs stored as one weight tensor `[P, n]`.
 
-A particle is `p: R^k -> R` with layers `Linear(k, h)`, `Linear(h, h)`, `Linear(h, 1)`, no biases (DESIGN 1.1).
+A particle is `p: R^k -> R` with layers `Linear(k, h)`, `Linear(h, h)`, `Linear(h, 1)`, no biases (docs/science.md §1).
 Its n = k*h + h*h + h weights are stored row-major per layer, W1 then W2 then W3. Every function here is batched
 over the P particles of a bank; nothing loops over particles.
 
@@ -19,9 +19,38 @@ import torch
 
 from sim import kernels
 
-KIND_NAMES = ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
-DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = range(5)
-KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (DESIGN 1.2)
+
+@dataclass(frozen=True)
+class Kind:
+    """A particle kind (fixpoint class): its record name, a short name for progress lines, its colour in every figure
+    (the page's and the reports'), its label in words, and where it is drawn (`layer` 0 first, beneath the others)."""
+
+    name: str
+    short: str
+    colour: str
+    label: str
+    layer: int
+
+
+# The kinds, in the order of their codes (the record's `kind_names`) and of the first-match-wins classification;
+# rare kinds are drawn on top of common ones.
+KINDS = (
+    Kind("divergent", "div", "#d62728", "divergent", layer=4),
+    Kind("zero", "zero", "#9e9e9e", "zero", layer=1),
+    Kind("self_replicator", "SR", "#1f77b4", "self-replicator", layer=3),
+    Kind("self_replicator_2nd", "SR2", "#17becf", "2nd-order self-replicator", layer=2),
+    Kind("other", "other", "#ff7f0e", "other", layer=0),
+)
+KIND_NAMES = tuple(kind.name for kind in KINDS)
+DIVERGENT, ZERO, SELF_REPLICATOR, SELF_REPLICATOR_2ND, OTHER = (
+    KIND_NAMES.index(name) for name in ("divergent", "zero", "self_replicator", "self_replicator_2nd", "other")
+)
+KIND_COLOURS = {kind.name: kind.colour for kind in KINDS}
+KIND_LABELS = {kind.name: kind.label for kind in KINDS}
+SHORT_KINDS = {kind.name: kind.short for kind in KINDS}
+DRAW_ORDER = tuple(kind.name for kind in sorted(KINDS, key=lambda kind: kind.layer))  # beneath first
+MIN_WEIGHT_INTERFACE = 4  # the coordinate row holds the weight, its layer, row and column
+KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (docs/science.md §2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
 # How linear banks train and classify on the CPU: "numba" (the compiled kernels of sim.kernels: all n_sr steps of a
 # small block fused, in registers and L1), or the vectorised reference formulation on "numpy" views or "torch" tensors
@@ -49,9 +78,10 @@ class ParticleSpec:
     activation: str = "none"
 
     def __post_init__(self) -> None:
-        if self.weight_interface < 4:
+        if self.weight_interface < MIN_WEIGHT_INTERFACE:
             raise ValueError(
-                f"particle.weight_interface must be >= 4 (weight, layer, row, col), got {self.weight_interface}"
+                f"particle.weight_interface must be >= {MIN_WEIGHT_INTERFACE} (weight, layer, row, col), "
+                f"got {self.weight_interface}"
             )
         if self.hidden < 1:
             raise ValueError(f"particle.hidden must be >= 1, got {self.hidden}")
@@ -119,7 +149,7 @@ def init_weights(
 
 
 def coordinates(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
-    """Coordinate rows `c_j = (w_j, layer, row, col, 0, ...)` of every weight, `[P, n, k]` (DESIGN 1.1)."""
+    """Coordinate rows `c_j = (w_j, layer, row, col, 0, ...)` of every weight, `[P, n, k]` (docs/science.md §1)."""
     P, n = weights.shape
     pos = positions(spec, weights.device, weights.dtype).expand(P, n, 3)
     pad = weights.new_zeros(P, n, spec.weight_interface - 4)
@@ -159,7 +189,8 @@ def self_apply(weights: torch.Tensor, spec: ParticleSpec, evaluator: torch.Tenso
 def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     """Per-particle self-replication loss `mean_j (p(c_j) - w_j)^2`, `[P]`.
 
-    Inputs and targets come from the detached weights, so the gradient flows only through the evaluation (DESIGN 1.1).
+    Inputs and targets come from the detached weights, so the gradient flows only through the evaluation
+    (docs/science.md §1).
     """
     target = weights.detach()  # [P, n]
     if not spec.linear:
@@ -294,7 +325,7 @@ def _sr_train_autograd_(
 
 
 def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
-    """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (DESIGN 1.3).
+    """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (docs/science.md §3).
 
     For nonlinear particles this is the response to a unit input, a summary rather than an exact factor.
     """
@@ -355,7 +386,7 @@ def log_quantities(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Ten
 
 @torch.no_grad()
 def classify(weights: torch.Tensor, spec: ParticleSpec, eps: float = KIND_EPS) -> torch.Tensor:
-    """Kind code of every particle, int8 `[P]`, first match wins in the order of `KIND_NAMES` (DESIGN 1.2)."""
+    """Kind code of every particle, int8 `[P]`, first match wins in the order of `KIND_NAMES` (docs/science.md §2)."""
     finite = torch.isfinite(weights).all(dim=1)
     safe = torch.where(finite.unsqueeze(1), weights, torch.zeros_like(weights))
     zero = (safe.abs() < eps).all(dim=1)

@@ -2,7 +2,8 @@
 
 Layout (schema 1; README documents it):
 - root attributes: `schema_version`, `config` (JSON), `seed`, `versions` (JSON), `git_commit`, `kind_names`,
-  `event_names`, `created`, `mode`, `task`, `metric_name`, `layer_sizes` (JSON), `device`, `checkpoint`.
+  `event_names`, `created`, `mode`, `task`, `metric_name`, `higher_is_better` (organisms), `layer_sizes` (JSON),
+  `device`, `checkpoint`.
 - `/steps/{step, task_loss, sr_loss, metric, sr_active, wall_time}`: one row per step (`metric` is the train-batch
   metric; `sr_active` says whether self-training ran).
 - `/particles/{step, held_out_metric, kind_counts [T, 5], kind [T, P] int8, sr_loss [T, P], effective_weight [T, P]}`:
@@ -312,3 +313,73 @@ def is_complete(run_dir: str | Path) -> bool:
             return group_length(f, "steps") == steps and len(snapshot_steps) > 0 and snapshot_steps[-1] == steps
     except (RecordError, OSError, KeyError):
         return False
+
+
+# --- tidy tables ---------------------------------------------------------------------------------------------------
+
+TABLES = ("particles", "steps", "census", "events", "topology", "snapshots")
+
+
+def _names(attrs: dict[str, Any], key: str, count: int) -> list[str]:
+    names = list(attrs.get(key) or [])
+    return names + [str(code) for code in range(len(names), count)]
+
+
+def to_dataframe(run: str | Path | h5py.File, group: str = "particles") -> Any:
+    """One table of a record as a tidy (long) pandas DataFrame: one row per observation, one column per variable.
+
+    - `particles`: per logged step and particle: `step, particle, kind, sr_loss, effective_weight, layer, source,
+      target` (`kind` categorical by name; `layer`, `source`, `target` -1 in soups).
+    - `steps`: one row per step: `step, task_loss, sr_loss, metric, sr_active, wall_time`.
+    - `census`: per logged step: `step, held_out_metric` and one count column per kind.
+    - `events`: one row per population event: `step, kind` (categorical by name), `source, target`.
+    - `topology`: per particle: `particle, layer, source, target`.
+    - `snapshots`: per snapshot, particle and weight: `step, particle, weight, value`.
+
+    `run` is a run directory, its `run.h5`, or an open record; RecordError for an unknown group.
+    """
+    import pandas as pd  # only the tidy readers need pandas
+
+    if group not in TABLES:
+        raise RecordError(f"unknown record table {group!r}; the tables are {', '.join(TABLES)}")
+    if isinstance(run, h5py.File):
+        return _table(run, group, pd)
+    with open_record(run) as f:
+        return _table(f, group, pd)
+
+
+def _table(f: h5py.File, group: str, pd: Any) -> Any:
+    attrs = read_attrs(f)
+    topology = {name: f[f"topology/{name}"][()] for name in ("layer", "source", "target")}
+    n_particles = len(topology["layer"])
+    if group == "steps":
+        return pd.DataFrame(read_group(f, "steps"))
+    if group == "topology":
+        return pd.DataFrame({"particle": np.arange(n_particles), **topology})
+    if group == "events":
+        events = read_group(f, "events")
+        names = _names(attrs, "event_names", int(events["kind"].max(initial=-1)) + 1)
+        kind = pd.Categorical.from_codes(events["kind"].astype(np.int64), categories=names)
+        return pd.DataFrame({"step": events["step"], "kind": kind, "source": events["source"],
+                             "target": events["target"]})  # fmt: skip
+    if group == "snapshots":
+        n = group_length(f, "snapshots")
+        weights = f["snapshots/weights"][:n]  # [S, P, n]
+        S, P, W = weights.shape
+        return pd.DataFrame({"step": np.repeat(f["snapshots/step"][:n], P * W), "particle": np.tile(np.repeat(
+            np.arange(P), W), S), "weight": np.tile(np.arange(W), S * P), "value": weights.reshape(-1)})  # fmt: skip
+    p = read_group(f, "particles")
+    names = _names(attrs, "kind_names", p["kind_counts"].shape[1] if p["kind_counts"].ndim == 2 else 0)
+    if group == "census":
+        counts = {name: p["kind_counts"][:, i] for i, name in enumerate(names)}
+        return pd.DataFrame({"step": p["step"], "held_out_metric": p["held_out_metric"], **counts})
+    T = len(p["step"])
+    kind = pd.Categorical.from_codes(p["kind"].reshape(-1).astype(np.int64), categories=names)
+    return pd.DataFrame({
+        "step": np.repeat(p["step"], n_particles),
+        "particle": np.tile(np.arange(n_particles), T),
+        "kind": kind,
+        "sr_loss": p["sr_loss"].reshape(-1),
+        "effective_weight": p["effective_weight"].reshape(-1),
+        **{name: np.tile(values, T) for name, values in topology.items()},
+    })  # fmt: skip

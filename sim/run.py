@@ -8,80 +8,31 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-from tqdm import tqdm
-
-from sim.config import MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value
-from sim.model import OrganismModel, ParticleModel, resolve_device
+from sim.cli import Parser, UsageError, error_exit, non_negative_int, positive_int
+from sim.config import DEVICES, MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value, resolve_device
 from sim.particles import KIND_NAMES
-from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, RecordError, load_checkpoint
-from sim.soup import SoupModel
+from sim.record import CHECKPOINT_NAME, RECORD_NAME, RecordError, load_checkpoint
+from sim.runner import build_model, simulate, write_config
 from sim.tasks import DataError
 from sim.threads import default_threads, set_threads
-
-SHORT_KINDS = {
-    "divergent": "div",
-    "zero": "zero",
-    "self_replicator": "SR",
-    "self_replicator_2nd": "SR2",
-    "other": "other",
-}
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported on one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors raise UsageError (one line, exit 2, by the caller) instead of exiting."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--steps must be a non-negative integer, got {text!r}")
-    return value
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
     p.add_argument("--config", help="YAML or TOML config file")
     p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
-    p.add_argument("--task", choices=TASKS, help="mnist (default) or arithmetic")
-    p.add_argument("--steps", type=_steps, help="number of simulation steps (default 10000)")
-    p.add_argument("--seed", type=_seed, help="random seed (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto picks a GPU when present")
-    p.add_argument("--threads", type=_threads, help="CPU threads (default: 1 for small organisms, else the free cores)")
+    p.add_argument("--task", choices=TASKS, help=f"the organism's task: {', '.join(TASKS)} (default mnist)")
+    p.add_argument("--steps", type=non_negative_int("--steps"), help="number of simulation steps (default 10000)")
+    p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
+    p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")
+    p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        help="CPU threads (default: 1 for small organisms, else the free cores)",
+    )
     p.add_argument("--out", help="run directory (default runs/<timestamp>-<task>-s<seed>/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -143,42 +94,6 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     return config, run_dir
 
 
-def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
-    model_class = OrganismModel if config.mode == "organism" else SoupModel
-    return model_class(config, run_dir=run_dir, resume=resume)
-
-
-def write_config(config: Config, run_dir: Path) -> None:
-    """The resolved config beside the record, as `config.yaml` (what `--config` reads back)."""
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def _postfix(model: ParticleModel) -> dict[str, str]:
-    s = model.summary
-    if not s:
-        return {}
-    out = {}
-    if model.mode == "organism":
-        out["held_out"] = f"{s['held_out_metric']:.4g}"
-    out["sr_loss"] = f"{s['sr_loss']:.2e}"
-    out["kinds"] = " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v)
-    return out
-
-
-def simulate(model: ParticleModel, quiet: bool) -> float:
-    """Step the model to the end of its config, with a progress bar on a terminal; returns the wall time."""
-    total = model.config.steps
-    started = time.perf_counter()
-    show = not quiet and sys.stdout.isatty()
-    with tqdm(total=total, initial=model.steps, disable=not show, unit="step", dynamic_ncols=True) as bar:
-        while model.steps < total:
-            model.step()
-            bar.update(1)
-            if model.steps % model.config.record.log_every == 0:
-                bar.set_postfix(_postfix(model), refresh=False)
-    return time.perf_counter() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
@@ -199,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
     except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
-        print(f"sim.run: error: {exc}", file=sys.stderr)
-        return 2
+        return error_exit("sim.run", exc)
     set_threads(config.threads or default_threads(model.n_particles))
     if not args.resume:
         write_config(config, run_dir)

@@ -1,4 +1,5 @@
-"""The soup: a population of free particles on a random regular graph, no organism and no task (DESIGN 1.6).
+"""The soup: a population of free particles on a random regular or a complete graph, no organism and no task
+(docs/science.md §6).
 
 Particles only self-train and interact through the population events, as in the artificial-chemistry experiments of
 the earlier self-replication literature; their kinds are counted over time in the same record format as organisms.
@@ -14,12 +15,13 @@ from sim.topology import soup_graph
 
 
 class SoupModel(ParticleModel):
-    """`soup.size` free particles on a random `soup.degree`-regular graph; self-training plus population events."""
+    """`soup.size` free particles on a random `soup.degree`-regular or the complete graph (`soup.graph`);
+    self-training plus population events."""
 
     mode = "soup"
 
     def __init__(
         self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
     ) -> None:
-        graph = soup_graph(config.soup.size, config.soup.degree, config.seed)
+        graph = soup_graph(config.soup.size, config.soup.degree, config.seed, config.soup.graph)
         super().__init__(config, config.soup.size, graph, run_dir, resume, agents)

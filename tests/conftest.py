@@ -1,8 +1,11 @@
 """Shared fixtures: short runs written once per test session, for the analysis tests to read."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures drawn by the tests need no display
 
 from sim.run import main
 

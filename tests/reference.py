@@ -1,4 +1,4 @@
-"""A deliberately plain, per-particle reference of DESIGN 1.1-1.3, written from the text, independent of `sim`.
+"""A deliberately plain, per-particle reference of docs/science.md §1-§3, written from the text, independent of `sim`.
 
 One `torch.nn.Module` per particle, Python loops everywhere. The batched bank in `sim` is checked against it; nothing
 here may import from `sim`, or a shared mistake would go unnoticed.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POSITION_EPS = 1e-8  # DESIGN 1.1: "plus a tiny epsilon, so no column is exactly zero"
-KIND_EPS = 1e-5  # DESIGN 1.2
+POSITION_EPS = 1e-8  # docs/science.md §1: "plus a tiny epsilon, so no column is exactly zero"
+KIND_EPS = 1e-5  # docs/science.md §2
 ACTIVATIONS = {"none": None, "tanh": torch.tanh, "relu": torch.relu}
 
 
@@ -118,7 +118,7 @@ def effective_weight(particle: ReferenceParticle) -> float:
 
 
 def kind(particle: ReferenceParticle, eps: float = KIND_EPS) -> str:
-    """The first matching kind of DESIGN 1.2."""
+    """The first matching kind of docs/science.md §2."""
     weights = particle.flat_weights()
     if any(w != w or abs(w) == float("inf") for w in weights):
         return "divergent"

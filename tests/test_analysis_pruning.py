@@ -187,7 +187,7 @@ def test_exact_single_particle_ablation_on_the_small_organism(arithmetic):
 
 
 def test_arithmetic_self_replicators_carry_the_task(arithmetic):
-    # DESIGN 1.3: in the arithmetic organism every particle can end as an exact self-replicator with task weight
+    # docs/science.md §3: in the arithmetic organism every particle can end as an exact self-replicator with task weight
     _, numbers, r, _ = arithmetic
     if numbers["dropout"].get("self_replicator", {}).get("count", 0) < len(r.kinds):
         pytest.skip("not every particle of this fixture is a self-replicator")

@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.app import LiveOrganism, LiveSoup
+from sim.app import ORGANISM_PARAMS, SOUP_PARAMS, LiveOrganism, LiveSoup
+from sim.events import EVENT_NAMES, EVENTS
+from sim.figures import kinds_text, organism_layout
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
+from sim.replay import load_replay
 from sim.topology import particle_table
-from sim.view import free_port, incompatible_widgets, kinds_text, load_replay, missing_assets, organism_layout
+from sim.view import free_port, incompatible_widgets, missing_assets
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -67,6 +70,22 @@ def test_live_soup_is_drawn_as_its_graph() -> None:
     assert [row["step"] for row in model.history] == [0, 1]
     assert model.layout.xy.shape == (20, 2) and model.layout.line_particle is None
     assert len(model.layout.lines) == model.graph.number_of_edges()
+
+
+def test_page_rates_are_the_event_table() -> None:
+    for params, page in ((ORGANISM_PARAMS, LiveOrganism), (SOUP_PARAMS, LiveSoup)):
+        sliders = [name for name in params if name in EVENT_NAMES]
+        assert sliders == list(EVENT_NAMES)
+        for event in EVENTS:
+            assert params[event.name].max == event.rate_max
+        rates = {name: 0.001 * (i + 1) for i, name in enumerate(EVENT_NAMES)}
+        extra = {"size": 10} if page is LiveSoup else {}
+        model = page(n_sr=0, **extra, **rates)
+        assert {name: getattr(model.config.events, name) for name in EVENT_NAMES} == pytest.approx(rates)
+        with pytest.raises(TypeError, match="'attak'"):
+            page(attak=0.1)
+    assert {name: SOUP_PARAMS[name].value for name in EVENT_NAMES} == {e.name: e.soup_rate for e in EVENTS}
+    assert all(ORGANISM_PARAMS[name].value == 0 for name in EVENT_NAMES)
 
 
 def test_organism_layout_puts_each_particle_between_its_neurons() -> None:

@@ -81,3 +81,12 @@ def test_parse_value_and_round_trip():
 def test_soup_degree_must_fit_size():
     with pytest.raises(ConfigError, match="soup.degree"):
         build_config(overrides=[("mode", "soup"), ("soup.size", 5), ("soup.degree", 3)])
+
+
+def test_a_complete_soup_ignores_the_degree():
+    config = build_config(
+        overrides=[("mode", "soup"), ("soup.size", 5), ("soup.degree", 3), ("soup.graph", "complete")]
+    )
+    assert config.soup.graph == "complete"
+    with pytest.raises(ConfigError, match="soup.graph"):
+        build_config(overrides=[("soup.graph", "ring")])

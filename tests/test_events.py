@@ -1,10 +1,15 @@
 """Population events: each event's effect on a small bank against a per-event recomputation, rows, rates, ties."""
 
+import dataclasses
+from pathlib import Path
+
 import networkx as nx
 import pytest
 import torch
+from reference import ReferenceParticle, coordinate_rows
 
-from sim.events import EVENT_NAMES, population_events
+from sim.config import EVENT_RATES, SOUP_EVENT_DEFAULTS, ConfigError, EventsConfig, build_config
+from sim.events import EVENT_CODES, EVENT_NAMES, EVENT_PARAMS, EVENTS, markdown_table, population_events
 from sim.particles import (
     DIVERGENT,
     OTHER,
@@ -17,11 +22,14 @@ from sim.particles import (
     sr_loss,
     unpack,
 )
+from sim.soup import SoupModel
 from sim.topology import neighbour_csr, soup_graph
 
 SPEC = ParticleSpec(weight_interface=5, hidden=3)  # n = 27
 N = SPEC.n_weights
-ATTACK, MELT, REPLICATE, RESPAWN, NOISE = range(5)
+ATTACK, MELT, REPLICATE, RESPAWN, NOISE, LEARN_FROM = (
+    EVENT_CODES[name] for name in ("attack", "melt", "replicate", "respawn", "noise", "learn_from")
+)
 
 
 def gen(seed=0):
@@ -57,8 +65,8 @@ def replicator(scale=2.0, extra=0.0, delta=0.0):
 
 
 def run(bank, indptr, indices, generator=None, **rates):
-    sigmas = {k: rates.pop(k) for k in ("mutation_sigma", "noise_sigma") if k in rates}
-    return population_events(bank, SPEC, indptr, indices, rates, generator or gen(), **sigmas)
+    params = {k: rates.pop(k) for k in EVENT_PARAMS if k in rates}
+    return population_events(bank, SPEC, indptr, indices, rates, generator or gen(), params)
 
 
 def rows(events):
@@ -264,3 +272,114 @@ def test_a_parameter_bank_is_updated_in_place_without_autograd_history():
     assert len(events) == 12 and weights.data_ptr() == storage
     assert weights.is_leaf and weights.requires_grad and weights.grad_fn is None
     assert not torch.equal(weights.detach(), before)
+
+
+# --- learn-from and respawn of zero particles -----------------------------------------------------------------------
+
+
+def reference_learn_from(before, events, spec, severity, lr):
+    """Plain per-event re-implementation: a `ReferenceParticle` of B, `severity` torch.optim.SGD steps on the mean
+    square of B on A's coordinate rows against A's weights."""
+    expected = before.clone()
+    for _, s, t in events.tolist():
+        k, h = spec.weight_interface, spec.hidden
+        learner = ReferenceParticle.from_row(before[t], k, h, spec.activation)
+        targets = before[s].tolist()
+        inputs = torch.tensor(coordinate_rows(targets, k, h), dtype=torch.float64)
+        optimiser = torch.optim.SGD(learner.parameters(), lr=lr)
+        for _ in range(severity):
+            optimiser.zero_grad()
+            loss = ((learner(inputs) - torch.tensor(targets, dtype=torch.float64)) ** 2).mean()
+            loss.backward()
+            optimiser.step()
+        expected[t] = torch.tensor(learner.flat_weights(), dtype=torch.float64)
+    return expected
+
+
+@pytest.mark.parametrize("activation", ["none", "tanh"])
+def test_learn_from_equals_a_per_particle_sgd_loop(activation):
+    spec = ParticleSpec(weight_interface=5, hidden=3, activation=activation)
+    bank = init_weights(8, spec, gen(7), dtype=torch.float64)
+    before = bank.clone()
+    indptr, indices = neighbour_csr(nx.cycle_graph(8))
+    params = {"learn_from_severity": 7, "learn_from_lr": 0.05}
+    events = population_events(bank, spec, indptr, indices, {"learn_from": 0.6}, gen(3), params)
+    assert len(events) >= 2 and set(events[:, 0].tolist()) == {LEARN_FROM}
+    assert len(set(events[:, 2].tolist())) == len(events)  # one event per target
+    expected = reference_learn_from(before, events, spec, 7, 0.05)
+    torch.testing.assert_close(bank, expected, rtol=0, atol=1e-10)
+    assert_untouched_except(bank, before, events[:, 2].tolist())
+
+
+def test_learn_from_brings_the_learner_closer_to_its_teacher_and_severity_zero_changes_nothing():
+    bank = random_bank(6)
+    before = bank.clone()
+    events = run(bank, *pairs(3), learn_from=1.0, learn_from_severity=200, learn_from_lr=0.1)
+    assert rows(events) == [(LEARN_FROM, i, i ^ 1) for i in range(6)]
+    for _, s, t in rows(events):  # B computes (nearly) A's weights from A's coordinates after learning
+        gap_before = (self_apply(before[s : s + 1], SPEC, evaluator=before[t : t + 1]) - before[s]).abs().max()
+        gap_after = (self_apply(before[s : s + 1], SPEC, evaluator=bank[t : t + 1]) - before[s]).abs().max()
+        assert float(gap_after) < 0.1 * float(gap_before)
+    still = before.clone()
+    events = run(still, *pairs(3), learn_from=1.0, learn_from_severity=0)
+    assert len(events) == 6 and torch.equal(still, before)
+
+
+def test_respawn_zero_reinitialises_zero_particles_as_well_when_asked():
+    bank = random_bank(6)
+    bank[0] = 0.0
+    bank[2] = 1e-7  # zero within the kind tolerance
+    bank[4, 1] = float("nan")
+    before = bank.clone()
+    events = run(bank.clone(), *pairs(3), respawn=1.0)
+    assert rows(events) == [(RESPAWN, 4, 4)]  # by default only divergent particles
+    events = run(bank, *pairs(3), respawn=1.0, respawn_zero=True)
+    assert rows(events) == [(RESPAWN, 0, 0), (RESPAWN, 2, 2), (RESPAWN, 4, 4)]
+    assert classify(bank[[0, 2, 4]], SPEC).tolist() == [OTHER] * 3
+    assert_untouched_except(bank, before, [0, 2, 4])
+
+
+# --- the table: everything that lists event types derives from EVENTS ---------------------------------------------
+
+
+def test_every_event_type_has_documented_functions_and_a_unique_name():
+    assert len(set(EVENT_NAMES)) == len(EVENTS) and EVENT_NAMES[:5] == ("attack", "melt", "replicate", "respawn",
+                                                                         "noise")  # fmt: skip
+    for event in EVENTS:
+        assert event.apply.__doc__ and (event.select is None or event.select.__doc__), event.name
+        assert event.summary and 0 <= event.soup_rate <= event.rate_max <= 1, event.name
+    assert len(EVENT_PARAMS) == sum(len(e.params) for e in EVENTS)  # parameter names are unique
+
+
+def test_config_events_section_is_the_table():
+    fields = {f.name: f for f in dataclasses.fields(EventsConfig)}
+    assert list(fields) == [*EVENT_NAMES, *EVENT_PARAMS, "neighbourhood"]
+    assert EVENT_RATES == EVENT_NAMES and {e.name: e.soup_rate for e in EVENTS} == SOUP_EVENT_DEFAULTS
+    organism, soup = build_config(), build_config(overrides=[("mode", "soup")])
+    for event in EVENTS:
+        assert getattr(organism.events, event.name) == 0.0 and getattr(soup.events, event.name) == event.soup_rate
+        with pytest.raises(ConfigError, match=f"events.{event.name}"):
+            build_config(overrides=[(f"events.{event.name}", 1.5)])
+    for name, param in EVENT_PARAMS.items():
+        assert getattr(organism.events, name) == param.default and type(getattr(organism.events, name)) is type(
+            param.default
+        )
+        if param.lo is not None:
+            with pytest.raises(ConfigError, match=f"events.{name}"):
+                build_config(overrides=[(f"events.{name}", param.lo - 1)])
+
+
+def test_every_configured_rate_and_parameter_reaches_the_model():
+    overrides = [("mode", "soup"), ("soup.size", 10), ("steps", 1)]
+    overrides += [(f"events.{name}", 0.5 - 0.01 * i) for i, name in enumerate(EVENT_NAMES)]
+    config = build_config(overrides=overrides)
+    model = SoupModel(config, agents=False)
+    assert model.rates == {name: getattr(config.events, name) for name in EVENT_NAMES}
+    assert model.event_params == {name: getattr(config.events, name) for name in EVENT_PARAMS}
+    assert all(rate > 0 for rate in model.rates.values())
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/science.md"])
+def test_the_documented_event_table_is_the_table(name):
+    text = (Path(__file__).resolve().parents[1] / name).read_text()
+    assert markdown_table() in text, f"{name}'s event table drifted from sim.events.EVENTS: paste python -m sim.events"

@@ -1,4 +1,4 @@
-"""The batched particle bank against the plain per-particle reference in tests/reference.py (DESIGN 1.1, 1.2)."""
+"""The batched particle bank against the plain per-particle reference in tests/reference.py (docs/science.md §1, §2)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def test_bank_matches_the_reference_for_any_shape(n_particles, k, h, activation,
     )
 
 
-# --- kinds (DESIGN 1.2) on constructed particles ---------------------------------------------------------------------
+# --- kinds (docs/science.md §2) on constructed particles -------------------------------------------------------
 
 
 def replicator(spec: ParticleSpec, effective: float = 0.0) -> torch.Tensor:

@@ -22,8 +22,8 @@ import yaml
 
 from sim.config import from_dict
 from sim.record import CONFIG_NAME, load_checkpoint, open_record
-from sim.run import build_model
 from sim.run import main as run_main
+from sim.runner import build_model
 from sim.sweep import load_sweep, main, plan, point_name
 
 ROOT = Path(__file__).resolve().parents[1]

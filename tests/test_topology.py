@@ -1,4 +1,4 @@
-"""Organism and soup topologies: particle counts and ids, neighbourhoods, the CSR adjacency (DESIGN 1.7)."""
+"""Organism and soup topologies: particle counts and ids, neighbourhoods, the CSR adjacency (docs/science.md §7)."""
 
 from __future__ import annotations
 
@@ -146,3 +146,10 @@ def test_soup_graph_is_regular_and_its_csr_matches(size, degree, seed):
     assert graph.number_of_nodes() == size
     assert all(d == degree for _, d in graph.degree())
     assert_csr_matches(graph)
+
+
+def test_complete_soup_graph_links_every_pair():
+    graph = soup_graph(10, 4, seed=0, kind="complete")
+    assert graph.number_of_nodes() == 10 and graph.number_of_edges() == 45
+    with pytest.raises(ValueError, match="soup.graph"):
+        soup_graph(10, 4, seed=0, kind="ring")

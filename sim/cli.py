@@ -1,0 +1,79 @@
+"""What every command line of the toolkit shares: the argument parser, bad-input errors and argument types.
+
+Every CLI (`sim.run`, `sim.sweep`, `sim.bench`, `sim.view` and the `analysis` scripts) reports bad input the same
+way: one line `PROG: error: MESSAGE` on stderr and exit status 2, no traceback. The parser raises `UsageError`
+instead of exiting, so a CLI's `main` catches it with the other bad-input errors and hands them to `error_exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from sim.config import resolve_device
+
+__all__ = [
+    "Parser",
+    "UsageError",
+    "error_exit",
+    "headless_matplotlib",
+    "non_negative_int",
+    "positive_int",
+    "resolve_device",
+]
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise UsageError (one line, exit 2, by the caller) instead of exiting."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def error_exit(prog: str, exc: BaseException) -> int:
+    """Print `exc` as one line `PROG: error: MESSAGE` on stderr (whatever a library wrote, joined); returns 2."""
+    message = " ".join(str(exc).splitlines())
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def non_negative_int(flag: str) -> Callable[[str], int]:
+    """An argparse type for `flag`: an integer >= 0, else an error naming the flag and the text given."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type for `flag`: an integer >= 1, else an error naming the flag and the text given."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def headless_matplotlib() -> None:
+    """Draw figures without a display (the Agg backend); a CLI's `main` calls it before it draws anything."""
+    import matplotlib
+
+    matplotlib.use("Agg")
