@@ -139,14 +139,40 @@ def _history(model: ParticleModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def _settings_text(model: ParticleModel) -> str:
-    """The controls the model was built with (Mesa's sliders show their values only while dragged)."""
+    """The controls the model was built with (Mesa's sliders show their values only while dragged), and that a changed
+    control takes effect only when RESET rebuilds the model with it."""
     config = model.config
     what = f"task {config.task.name}" if config.mode == "organism" else "soup"
     rates = ", ".join(f"{name}={getattr(config.events, name):g}" for name in EVENT_NAMES)
-    # MNIST trains the task first: without this line a page where nothing specialises yet would look broken
-    training = "on" if model.sr_active else f"waits for the train metric to reach {config.train.task_first_threshold:g}"
-    return (f"{what}, {model.n_particles} particles, n_sr={config.train.n_sr}, alpha={config.train.alpha:g}, "
-            f"seed={config.seed}; self-training {training}; event rates: {rates}")  # fmt: skip
+    return (f"This model: {what}, {model.n_particles} particles, n_sr={config.train.n_sr}, "
+            f"alpha={config.train.alpha:g}, seed={config.seed}; event rates: {rates}. A changed control (task, "
+            f"n_sr, alpha, seed, rates) applies when RESET rebuilds the model.")  # fmt: skip
+
+
+def gate_progress(model: ParticleModel) -> tuple[str, float]:
+    """The train-task-first gate as a line and a progress fraction in [0, 1]: MNIST trains the task alone until its
+    running train accuracy reaches the threshold, so for hundreds of steps nothing specialises, and the page says why
+    ("self-training starts at train accuracy 0.85: now 0.71"); ("self-training on", 1) once it runs."""
+    if model.sr_active:
+        return "self-training on", 1.0
+    line = model.gate_status()
+    threshold = model.config.train.task_first_threshold or 0.0
+    if line is None:
+        name = {"accuracy": "accuracy", "mae": "MAE"}.get(model.task.metric_name, model.task.metric_name)
+        return f"self-training starts at train {name} {threshold:.3g}: no step yet", 0.0
+    now = float(model.summary["train_metric"])
+    higher = getattr(model.task, "higher_is_better", True)
+    fraction = now / threshold if higher else threshold / now if now > 0 else 1.0
+    return line, min(max(fraction, 0.0), 1.0)
+
+
+def GateView(model: ParticleModel) -> None:
+    """The gate's progress line above the topology, while it holds self-training back."""
+    line, fraction = gate_progress(model)
+    if fraction < 1:
+        with solara.Column(classes=["gate-view"]):
+            solara.Text(line, classes=["gate-status"])
+            solara.ProgressLinear(value=100 * fraction)
 
 
 def TopologyView(model: ParticleModel) -> None:
@@ -155,7 +181,8 @@ def TopologyView(model: ParticleModel) -> None:
     counts = dict(zip(KIND_NAMES, np.bincount(kinds.astype(int), minlength=len(KIND_NAMES)).tolist(), strict=True))
     with solara.Column(classes=["topology-view"]):
         solara.Text(f"step: {model.steps}, kinds: {kinds_text(counts)}", classes=["live-status"])
-        solara.Text(_settings_text(model), style={"font-size": "small"})
+        GateView(model)
+        solara.Text(_settings_text(model), style={"font-size": "small"}, classes=["settings-line"])
         solara.FigureMatplotlib(topology_figure(model.layout, kinds, effective), format="png")
 
 

@@ -137,7 +137,12 @@ class Batched:
         return particles.sr_train_(self.weights, self.momentum, self.case.spec, SR_BLOCK, LR, MOMENTUM)
 
     def classify(self) -> torch.Tensor:
-        return particles.classify(self.weights.detach(), self.case.spec)
+        """The kinds as a log interval computes them (with the SR loss and effective weights, in the kernels' one
+        pass where they apply)."""
+        weights = self.weights.detach()
+        if particles.uses_kernels(weights, self.case.spec):
+            return particles.log_quantities(weights, self.case.spec)[0]
+        return particles.classify(weights, self.case.spec)
 
 
 def sr_step(weights: torch.Tensor, momentum_buffer: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:

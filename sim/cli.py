@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from sim import __version__
 from sim.config import resolve_device
+from sim.record import git_commit
 
 __all__ = [
     "Parser",
@@ -21,6 +24,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "resolve_device",
+    "version_text",
 ]
 
 
@@ -28,8 +32,30 @@ class UsageError(Exception):
     """Bad command-line input: reported on one line, exit status 2."""
 
 
+def version_text() -> str:
+    """The toolkit's version and the commit of the source it runs from, as `--version` prints them."""
+    return f"organism-networks {__version__} (commit {git_commit()})"
+
+
+class _Version(argparse.Action):
+    """`--version`: print `version_text()` and exit 0 (the git commit is looked up only when asked for)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit(0)
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors raise UsageError (one line, exit 2, by the caller) instead of exiting."""
+    """An argument parser whose errors raise UsageError (one line, exit 2, by the caller) instead of exiting; with
+    `--help` it also takes `--version`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.add_help:
+            self.add_argument("--version", action=_Version, help="print the version and git commit, then exit")
 
     def error(self, message: str) -> None:
         raise UsageError(message)

@@ -8,6 +8,7 @@ config is what a run records.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
@@ -218,19 +219,79 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
+def all_keys() -> list[str]:
+    """Every config key, top-level keys first, then `section.key` in the order of the dataclasses."""
+    top, nested = [], []
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            nested += [f"{f.name}.{g.name}" for g in dataclasses.fields(f.default_factory)]
+        else:
+            top.append(f.name)
+    return top + nested
+
+
+def unknown_key(key: str) -> ConfigError:
+    """The error for a key the config does not have, with the closest known keys as suggestions."""
+    keys = all_keys()
+    names = {k.rsplit(".", 1)[-1] for k in keys}
+    # a typo in the whole key, or a (nearly) right key name in the wrong section or without its section
+    near_names = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=2, cutoff=0.8)
+    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.8)
+    close = list(dict.fromkeys(close + [k for k in keys if k.rsplit(".", 1)[-1] in near_names]))[:3]
+    hint = (
+        f"; did you mean {' or '.join(repr(k) for k in close)}?" if close else " (python -m sim.run --help lists them)"
+    )
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
 def _owner(config: Config, key: str) -> tuple[Any, str, Any]:
     """What holds `section.key` (or a top-level key): the config or its section, the field's name and its type;
-    ConfigError naming the key if there is no such key."""
+    ConfigError naming the key (and the nearest known ones) if there is no such key."""
     parts = key.split(".")
     target: Any = config
     if len(parts) == 2 and parts[0] in SECTIONS:
         target = getattr(config, parts[0])
     elif len(parts) != 1 or parts[0] in SECTIONS:
-        raise ConfigError(f"unknown config key {key!r}")
+        raise unknown_key(key)
     fields = _fields(type(target))
     if parts[-1] not in fields:
-        raise ConfigError(f"unknown config key {key!r}")
+        raise unknown_key(key)
     return target, parts[-1], fields[parts[-1]]
+
+
+def _default_text(key: str, default: Any) -> str:
+    by_task = {task: values[key] for task, values in TASK_DEFAULTS.items() if key in values}
+    if default is None and by_task:
+        return "by task: " + ", ".join(f"{task} {value}" for task, value in by_task.items())
+    if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_RATES:
+        return f"organism 0, soup {SOUP_EVENT_DEFAULTS[key.split('.')[1]]}"
+    if default is None:
+        return "none"
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def describe_keys() -> str:
+    """Every config key with its type, allowed values and default, from the dataclasses' own metadata, one per line,
+    grouped by section (for `--help`)."""
+    config = Config()
+    lines = []
+    section = None
+    for key in all_keys():
+        target, name, f = _owner(config, key)
+        here = key.split(".")[0] if "." in key else "top level"
+        if here != section:
+            section = here
+            doc = (type(target).__doc__ or "").strip().splitlines()[0] if "." in key else "mode, length, seed, device"
+            lines.append(f"{section}: {doc}")
+        kinds = [a.__name__ for a in typing.get_args(f.type) if a is not type(None)] or [f.type.__name__]
+        meta = f.metadata
+        allowed = "|".join(map(str, meta["choices"])) if meta.get("choices") else kinds[0]
+        if meta.get("lo") is not None or meta.get("hi") is not None:
+            lo = "" if meta.get("lo") is None else f"{meta['lo']} <= "
+            hi = "" if meta.get("hi") is None else f" <= {meta['hi']}"
+            allowed = f"{kinds[0]}, {lo}x{hi}"
+        lines.append(f"  {key:<28} {allowed:<40} default: {_default_text(key, getattr(target, name))}")
+    return "\n".join(lines)
 
 
 def check_key(key: str) -> None:
@@ -270,6 +331,9 @@ def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config
                 raise ConfigError(f"{source}: section {name!r} must be a mapping, got {value!r}")
             for key, inner in value.items():
                 set_value(config, f"{name}.{key}", inner)
+        elif isinstance(value, dict) and value:  # a misspelt section: name its keys, so the suggestion can too
+            check_key(f"{name}.{next(iter(value))}")
+            set_value(config, str(name), value)
         else:
             set_value(config, str(name), value)
 
@@ -283,7 +347,14 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or type(exc).__name__
+        if exc.context and exc.problem and exc.context_mark is not None:  # where the broken construct began
+            what += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        raise ConfigError(f"malformed config file {str(path)!r}{where}: {what}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:  # TOML's message names the line and column itself
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"malformed config file {str(path)!r}: {first}") from None
     if data is None:
@@ -329,3 +400,22 @@ def from_dict(data: dict[str, Any]) -> Config:
     config = Config()
     apply_mapping(config, data)
     return resolve(config)
+
+
+def keyword_key(keyword: str) -> str:
+    """The config key a keyword argument names: `section_key` (`task_name` -> `task.name`, `train_alpha` ->
+    `train.alpha`) or a top-level key (`steps`, `seed`); TypeError for a keyword that names no key."""
+    section, _, name = keyword.partition("_")
+    key = f"{section}.{name}" if section in SECTIONS and name else keyword
+    try:
+        check_key(key)
+    except ConfigError:
+        message = f"unexpected keyword argument {keyword!r}: not a config key (steps, seed, task_name, ...)"
+        raise TypeError(message) from None
+    return key
+
+
+def config_from_keywords(keywords: dict[str, Any], mode: str) -> Config:
+    """The resolved config of a model built from keyword arguments (as Mesa's `batch_run` builds one): the defaults
+    of `mode`, then every `section_key=value`, validated."""
+    return build_config(None, [("mode", mode), *((keyword_key(k), v) for k, v in keywords.items())])

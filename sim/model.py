@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from mesa.discrete_space import Network
 
 from sim.agents import ParticleAgent
-from sim.config import DTYPES, Config, resolve_device
+from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
 from sim.organism import Organism
 from sim.particles import (
@@ -44,18 +45,52 @@ from sim.record import (
     save_checkpoint,
 )
 from sim.tasks import make_task
-from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
+from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_graph_size, particle_table
 
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
+# the record holds the particle graph's edges up to this many; a larger graph is built only when events or agents
+# need it, and the record's `/topology/edges` is empty then (784-32-32-10 already has 11 M)
+RECORD_EDGES_LIMIT = 2_000_000
+
+
+class LogCollector(mesa.DataCollector):
+    """Mesa's DataCollector for numbers that exist at log steps only: `collect` is called at those steps, and entry
+    `i` of `model_vars[name]` holds the numbers as of step `i + 1` (the last logged ones; None before the first log),
+    the one-entry-per-step layout that Mesa's `batch_run` and `get_model_vars_dataframe` read. A step between two logs
+    costs nothing but one list slot per reporter."""
+
+    def collect(self, model: mesa.Model) -> None:
+        for values in self.model_vars.values():
+            values.extend([values[-1] if values else None] * (model.steps - 1 - len(values)))
+        super().collect(model)
+
+
+def _logged(name: str, model: ParticleModel) -> float:
+    return model.summary[name]
+
+
+def _kind_count(kind: str, model: ParticleModel) -> int:
+    return model.summary["kind_counts"][kind]
+
+
+# the model reporters: the numbers every log step measures
+REPORTERS = {
+    **{kind: partial(_kind_count, kind) for kind in KIND_NAMES},
+    "held_out_metric": partial(_logged, "held_out_metric"),
+    "sr_loss": partial(_logged, "sr_loss"),
+}
 
 
 class ParticleModel(mesa.Model):
     """A population of particles on a graph: the bank, self-training, population events, classification and record.
 
     `run_dir` given: the model writes `run.h5` and checkpoints there; `resume=True` continues from its checkpoint.
-    `agents=False` skips the Mesa space and agents (for banks of millions of particles); `graph=None` is allowed then,
-    and leaves every particle without neighbours.
+    `graph=None`: the particle graph is built (`_build_graph`) when first needed: by the record's topology, by
+    population events, by the agents. `agents=True`: `model.agents` and `model.grid` give Mesa agents on a Mesa
+    Network over the graph, built when first asked for (no run reads them); `agents=False` has no agents and builds the
+    graph only for events (for banks of millions of particles: an organism's particle graph is a line graph), so that
+    otherwise every particle is without neighbours. `datacollector` collects `REPORTERS` at every log step.
     """
 
     mode = "particles"
@@ -75,29 +110,21 @@ class ParticleModel(mesa.Model):
         self.dtype = DTYPES[config.dtype]
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.spec = config.particle.spec()
-        self.graph = graph
+        self._graph = graph
+        self._with_agents = agents
+        self._grid: Network | None = None
+        self._csr: tuple[torch.Tensor, torch.Tensor] | None = None
         self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
         self.weights.requires_grad_(True)
         self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
-        if graph is not None:
-            self.indptr, self.indices = neighbour_csr(graph, self.device)
-        else:
-            self.indptr = torch.zeros(n_particles + 1, dtype=torch.int64, device=self.device)
-            self.indices = torch.zeros(0, dtype=torch.int64, device=self.device)
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
-
-        if agents:
-            if graph is None:
-                raise ValueError("a model with agents needs its particle graph")
-            self.grid = Network(graph, capacity=1, random=self.random)
-            for index in range(n_particles):
-                ParticleAgent(self, index, self.grid[index])
+        self.datacollector = LogCollector(model_reporters=REPORTERS)
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.record: RecordWriter | None = None
@@ -112,9 +139,58 @@ class ParticleModel(mesa.Model):
     def n_particles(self) -> int:
         return self.weights.shape[0]
 
+    # --- the graph, the Mesa space and the agents, built on first use ----------------------------------------------
+    @property
+    def graph(self) -> nx.Graph | None:
+        """The particle graph (networkx, nodes are particle ids); None for a model without agents or events."""
+        if self._graph is None and (self._with_agents or any(self.rates.values())):
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> nx.Graph | None:
+        return None
+
+    def _neighbours(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The particle graph in CSR form on the device, `(indptr [P + 1], indices)`; no neighbours without a graph."""
+        if self._csr is None:
+            if self.graph is not None:
+                self._csr = neighbour_csr(self.graph, self.device)
+            else:
+                empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+                self._csr = (torch.zeros(self.n_particles + 1, dtype=torch.int64, device=self.device), empty)
+        return self._csr
+
+    @property
+    def grid(self) -> Network:
+        """The Mesa Network over the particle graph, one agent (a `ParticleAgent`) on each particle's cell."""
+        if self._grid is None:
+            if not self._with_agents or self.graph is None:
+                raise ValueError("this model was built with agents=False: it has no Mesa space or agents")
+            self._grid = Network(self.graph, capacity=1, random=self.random)
+            for index in range(self.n_particles):
+                ParticleAgent(self, index, self._grid[index])
+        return self._grid
+
+    @property
+    def agents(self) -> mesa.agent.AgentSet:
+        """The Mesa agents, one per particle: thin views into the bank, placed on `grid`."""
+        if self._with_agents:
+            self.grid  # noqa: B018  (builds the agents on first use)
+        return super().agents
+
     # --- what subclasses provide -------------------------------------------------------------------------------------
     def _gate_threshold(self) -> float:
         return 0.0
+
+    def gate_status(self) -> str | None:
+        """While the gate holds self-training back, how far the task is from opening it ("self-training starts at
+        train accuracy 0.85: now 0.71", the running train metric of the last log interval); None once it runs."""
+        if self.sr_active or not self.summary:
+            return None
+        name = {"accuracy": "accuracy", "mae": "MAE"}.get(self.task.metric_name, self.task.metric_name)
+        return (
+            f"self-training starts at train {name} {self._gate_threshold():.3g}: now {self.summary['train_metric']:.3g}"
+        )
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One task SGD step; returns (task loss, train metric) as 0-d device tensors."""
@@ -173,8 +249,12 @@ class ParticleModel(mesa.Model):
 
     def _events(self) -> torch.Tensor:
         """The population events of this step (docs/science.md §6), applied to the bank; rows `[E, 3]`."""
+        if not any(self.rates.values()):
+            # no event can fire: population_events would return no rows; the neighbours (the graph) are not needed
+            return torch.zeros(0, 3, dtype=torch.int64, device=self.device)
+        indptr, indices = self._neighbours()
         return population_events(
-            self.weights, self.spec, self.indptr, self.indices, self.rates, self.generator, self.event_params
+            self.weights, self.spec, indptr, indices, self.rates, self.generator, self.event_params
         )
 
     def _log(self, step: int) -> None:
@@ -197,6 +277,7 @@ class ParticleModel(mesa.Model):
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
+        self.datacollector.collect(self)
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
@@ -264,14 +345,31 @@ class ParticleModel(mesa.Model):
             self.record.close()
 
 
+def model_config(config: Config | None, keys: dict[str, Any], mode: str) -> Config:
+    """The config a model is built from: `config` as given, or one built from config keys given as keywords."""
+    if config is None:
+        return config_from_keywords(keys, mode)
+    if keys:
+        raise TypeError(f"config keys as keywords ({', '.join(keys)}) build a config; they cannot amend a given one")
+    return config
+
+
 class OrganismModel(ParticleModel):
     """An organism network on a task: every connection weight is a particle (docs/science.md §3)."""
 
     mode = "organism"
 
     def __init__(
-        self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
+        self,
+        config: Config | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        agents: bool = True,
+        **keys: Any,
     ) -> None:
+        """An organism of `config`, or of config keys given as keywords (`steps=20, task_name="arithmetic",
+        train_alpha=0.5`, as Mesa's `batch_run` passes its parameters) on top of the defaults."""
+        config = model_config(config, keys, self.mode)
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
         t = config.task
@@ -279,15 +377,13 @@ class OrganismModel(ParticleModel):
         o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
         self.organism = Organism(self.sizes, config.particle.spec(), o.residual, o.activation)
-        # the graphs serve only the agents and the events; for big organisms they are huge (the particle graph is a
-        # line graph), so a model without either builds neither
-        needed = agents or any(getattr(config.events, name) for name in EVENT_NAMES)
-        self.neurons = organism_graph(self.sizes) if needed else None
-        graph = particle_graph(self.neurons, config.events.neighbourhood) if needed else None
-        super().__init__(config, self.organism.n_particles, graph, run_dir, resume, agents)
+        super().__init__(config, self.organism.n_particles, None, run_dir, resume, agents)
 
     def _gate_threshold(self) -> float:
         return self.config.train.task_first_threshold
+
+    def _build_graph(self) -> nx.Graph:
+        return particle_graph(organism_graph(self.sizes), self.config.events.neighbourhood)
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
@@ -307,6 +403,12 @@ class OrganismModel(ParticleModel):
 
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)
+        edges = particle_graph_size(self.sizes, self.config.events.neighbourhood)
+        if self._graph is None and edges > RECORD_EDGES_LIMIT:
+            # nothing needs the graph yet (no events, no agents asked for): the record leaves its edges out rather
+            # than build a line graph of this size
+            return {"layer": table.layer, "source": table.source, "target": table.target,
+                    "edges": np.zeros((0, 2), dtype=np.int64)}  # fmt: skip
         topology = super()._topology()
         topology.update(layer=table.layer, source=table.source, target=table.target)
         return topology

@@ -6,22 +6,46 @@ Bad input ends with a one-line error on stderr and exit status 2, before anythin
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from sim.cli import Parser, UsageError, error_exit, non_negative_int, positive_int
-from sim.config import DEVICES, MODES, TASKS, Config, ConfigError, build_config, from_dict, parse_value, resolve_device
+from sim.config import (
+    DEVICES,
+    MODES,
+    TASKS,
+    Config,
+    ConfigError,
+    TaskConfig,
+    all_keys,
+    build_config,
+    describe_keys,
+    from_dict,
+    get_value,
+    parse_value,
+    resolve,
+    resolve_device,
+)
 from sim.particles import KIND_NAMES
 from sim.record import CHECKPOINT_NAME, RECORD_NAME, RecordError, load_checkpoint
-from sim.runner import build_model, simulate, write_config
+from sim.runner import build_model, config_yaml, simulate, write_config
 from sim.tasks import DataError
 from sim.threads import default_threads, set_threads
 
+NAME_CHARS = 60  # the most characters of --set keys in a default run directory name
+
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m sim.run", description="Run an organism-network (or soup) simulation.")
+    p = Parser(
+        prog="python -m sim.run",
+        description="Run an organism-network (or soup) simulation.",
+        epilog="config keys (for --set KEY=VALUE and config files, nested by section):\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML or TOML config file")
     p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
     p.add_argument("--task", choices=TASKS, help=f"the organism's task: {', '.join(TASKS)} (default mnist)")
@@ -33,7 +57,11 @@ def parser() -> argparse.ArgumentParser:
         type=positive_int("--threads"),
         help="CPU threads (default: 1 for small organisms, else the free cores)",
     )
-    p.add_argument("--out", help="run directory (default runs/<timestamp>-<task>-s<seed>/)")
+    p.add_argument(
+        "--out", help="run directory (default runs/<timestamp>-<task>-s<seed>[-<--set keys that differ>] or --name)"
+    )
+    p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,16 +85,55 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(args.config, overrides)
 
 
-def default_run_dir(config: Config) -> Path:
-    name = config.task.name if config.mode == "organism" else "soup"
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-s{config.seed}"
+def changed_keys(config: Config, keys: list[str]) -> str:
+    """The `--set` keys whose resolved value differs from the default for this mode and task, as a short,
+    filesystem-safe name part: `alpha=0.5-n_sr=5` (a key's last part, or the whole key where that is ambiguous);
+    long ones are cut and end in a hash of the whole."""
+    defaults = resolve(Config(mode=config.mode, task=TaskConfig(name=config.task.name)))
+    names = [k.rsplit(".", 1)[-1] for k in all_keys()]
+    parts = []
+    for key in dict.fromkeys(keys):
+        value = get_value(config, key)
+        if value == get_value(defaults, key) or key in ("mode", "task.name", "seed"):
+            continue
+        short = key.rsplit(".", 1)[-1] if names.count(key.rsplit(".", 1)[-1]) == 1 else key
+        parts.append(f"{short}={str(value).lower() if isinstance(value, bool) else value}")
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
+    if len(text) > NAME_CHARS:
+        text = text[: NAME_CHARS - 9] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text
+
+
+def default_run_dir(config: Config, set_keys: list[str] | None = None, name: str | None = None) -> Path:
+    """`runs/<timestamp>-<name>`, the name by default `<task>-s<seed>` (`soup-s<seed>`) and the `--set` keys that
+    differ from the defaults."""
+    if name is None:
+        name = f"{config.task.name if config.mode == 'organism' else 'soup'}-s{config.seed}"
+        changed = changed_keys(config, set_keys or [])
+        name += f"-{changed}" if changed else ""
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def set_keys(args: argparse.Namespace) -> list[str]:
+    """The keys the `--set` options name."""
+    return [item.partition("=")[0].strip() for item in args.set]
+
+
+def check_name(name: str) -> str:
+    """A `--name`: letters, digits and `._=+-`, not empty; UsageError otherwise."""
+    if not re.fullmatch(r"[A-Za-z0-9._=+-]+", name) or name in (".", ".."):
+        raise UsageError(f"--name must hold only letters, digits and ._=+- (it names a directory), got {name!r}")
+    return name
 
 
 def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     """Validated config and the run directory (checked, not yet written); whether the directory was created."""
     config = config_from_args(args)
     resolve_device(config.device)
-    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    if args.out and args.name:
+        raise UsageError("--out and --name both name the run directory: give one")
+    name = check_name(args.name) if args.name is not None else None
+    run_dir = Path(args.out) if args.out else default_run_dir(config, set_keys(args), name)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {str(run_dir)!r} is an existing file, not a directory")
     if (run_dir / RECORD_NAME).exists():
@@ -77,7 +144,9 @@ def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
 
 def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     """The recorded config of the run to resume, and its directory."""
-    extra = [flag for flag in ("config", "mode", "task", "steps", "seed", "out") if getattr(args, flag) is not None]
+    extra = [
+        flag for flag in ("config", "mode", "task", "steps", "seed", "out", "name") if getattr(args, flag) is not None
+    ]
     if extra or args.set:
         names = ", ".join([f"--{f}" for f in extra] + (["--set"] if args.set else []))
         raise UsageError(f"--resume continues a run with its recorded config; it cannot be combined with {names}")
@@ -97,6 +166,10 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
+        if args.print_config:
+            config = prepare_resume(args)[0] if args.resume else config_from_args(args)
+            print(config_yaml(config), end="")
+            return 0
         created = False
         if args.resume:
             config, run_dir = prepare_resume(args)

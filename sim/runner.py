@@ -26,9 +26,14 @@ def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
     return model_class(config, run_dir=run_dir, resume=resume)
 
 
+def config_yaml(config: Config) -> str:
+    """The config as YAML, nested by section: what `--config` reads back to the same config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def write_config(config: Config, run_dir: Path) -> None:
-    """The resolved config beside the record, as `config.yaml` (what `--config` reads back)."""
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """The resolved config beside the record, as `config.yaml`."""
+    (run_dir / CONFIG_NAME).write_text(config_yaml(config))
 
 
 def _postfix(model: ParticleModel) -> dict[str, str]:
@@ -40,18 +45,45 @@ def _postfix(model: ParticleModel) -> dict[str, str]:
         out["held_out"] = f"{s['held_out_metric']:.4g}"
     out["sr_loss"] = f"{s['sr_loss']:.2e}"
     out["kinds"] = " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v)
+    gate = model.gate_status()
+    if gate:
+        out["gate"] = gate
     return out
 
 
+def progress_line(model: ParticleModel, rate: float) -> str:
+    """One line of progress for a log (stderr not a terminal): step, rate, metric, SR loss, kinds, the gate."""
+    s = model.summary
+    parts = [f"step {model.steps}/{model.config.steps}", f"{rate:.3g} steps/s"]
+    if s:
+        if model.mode == "organism":
+            parts.append(f"held-out {model.task.metric_name} {s['held_out_metric']:.4g}")
+        parts.append(f"SR loss {s['sr_loss']:.2e}")
+        parts.append("kinds " + " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v))
+        gate = model.gate_status()
+        if gate:
+            parts.append(gate)
+    return "  ".join(parts)
+
+
 def simulate(model: ParticleModel, quiet: bool) -> float:
-    """Step the model to the end of its config, with a progress bar on a terminal; returns the wall time."""
+    """Step the model to the end of its config; returns the wall time. Unless `quiet`, progress goes to stderr: a bar
+    on a terminal, else (a log file, a pipe, a batch job) one line per log interval."""
     total = model.config.steps
+    every = model.config.record.log_every
     started = time.perf_counter()
-    show = not quiet and sys.stdout.isatty()
-    with tqdm(total=total, initial=model.steps, disable=not show, unit="step", dynamic_ncols=True) as bar:
+    bar_shown = not quiet and sys.stderr.isatty()
+    lines_shown = not quiet and not bar_shown
+    mark, mark_step = started, model.steps
+    with tqdm(total=total, initial=model.steps, disable=not bar_shown, unit="step", dynamic_ncols=True) as bar:
         while model.steps < total:
             model.step()
             bar.update(1)
-            if model.steps % model.config.record.log_every == 0:
+            if model.steps % every == 0 or model.steps == total:
                 bar.set_postfix(_postfix(model), refresh=False)
+                if lines_shown:
+                    now = time.perf_counter()
+                    rate = (model.steps - mark_step) / max(now - mark, 1e-9)
+                    print(progress_line(model, rate), file=sys.stderr, flush=True)
+                    mark, mark_step = now, model.steps
     return time.perf_counter() - started

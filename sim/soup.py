@@ -8,9 +8,10 @@ the earlier self-replication literature; their kinds are counted over time in th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sim.config import Config
-from sim.model import ParticleModel
+from sim.model import ParticleModel, model_config
 from sim.topology import soup_graph
 
 
@@ -21,7 +22,15 @@ class SoupModel(ParticleModel):
     mode = "soup"
 
     def __init__(
-        self, config: Config, run_dir: str | Path | None = None, resume: bool = False, agents: bool = True
+        self,
+        config: Config | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        agents: bool = True,
+        **keys: Any,
     ) -> None:
+        """A soup of `config`, or of config keys given as keywords (`steps=20, soup_size=200`) on top of the soup's
+        defaults."""
+        config = model_config(config, keys, self.mode)
         graph = soup_graph(config.soup.size, config.soup.degree, config.seed, config.soup.graph)
         super().__init__(config, config.soup.size, graph, run_dir, resume, agents)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.app import ORGANISM_PARAMS, SOUP_PARAMS, LiveOrganism, LiveSoup
+from sim.app import ORGANISM_PARAMS, SOUP_PARAMS, LiveOrganism, LiveSoup, _settings_text, gate_progress
 from sim.events import EVENT_NAMES, EVENTS
 from sim.figures import kinds_text, organism_layout
 from sim.particles import KIND_NAMES
@@ -70,6 +70,29 @@ def test_live_soup_is_drawn_as_its_graph() -> None:
     assert [row["step"] for row in model.history] == [0, 1]
     assert model.layout.xy.shape == (20, 2) and model.layout.line_particle is None
     assert len(model.layout.lines) == model.graph.number_of_edges()
+
+
+def test_the_gate_is_a_progress_line_until_self_training_starts() -> None:
+    model = LiveOrganism(task="mnist", n_sr=1)
+    assert gate_progress(model) == ("self-training starts at train accuracy 0.85: no step yet", 0.0)
+    for _ in range(2):
+        model.step()
+    line, fraction = gate_progress(model)
+    running = model.summary["train_metric"]
+    assert line == f"self-training starts at train accuracy 0.85: now {running:.3g}"
+    assert fraction == pytest.approx(running / 0.85) and 0 < fraction < 1
+    model.sr_active = True  # what the gate does once the running train accuracy reaches 0.85
+    assert gate_progress(model) == ("self-training on", 1.0)
+    assert gate_progress(LiveOrganism(task="arithmetic")) == ("self-training on", 1.0)  # no gate
+
+
+def test_the_page_says_that_reset_applies_a_changed_control() -> None:
+    model = LiveOrganism(task="arithmetic", n_sr=4, alpha=0.5, seed=2)
+    text = _settings_text(model)
+    assert "task arithmetic, 18 particles, n_sr=4, alpha=0.5, seed=2" in text
+    assert "applies when RESET rebuilds the model" in text
+    rebuilt = LiveOrganism(task="mnist", n_sr=4, alpha=0.5, seed=2)  # what RESET does with the changed task
+    assert rebuilt.n_particles == 1200 and "task mnist, 1200 particles" in _settings_text(rebuilt)
 
 
 def test_page_rates_are_the_event_table() -> None:
