@@ -169,6 +169,103 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     return "\n".join(lines)
 
 
+def per_particle_source(k: int, h: int, pos: np.ndarray) -> str:
+    """Python source of the per-particle kernels for shape (k, h), straight-line code over one particle's weights read
+    in place from the bank `[P, n]` (no block transposition: each reads or updates every weight once):
+
+    - `effective(bank, out)`: the effective weight `a = sum_b t_b W1[b, k-1]`, `t = W3 W2`, into `out [P]`;
+    - `task_sgd(bank, buf_bank, upstream, lr, mom)`: SGD with momentum on a task loss whose gradient with respect to
+      the effective weights is `upstream [P]`, chained in closed form: `da/dW1[b, k-1] = t_b`,
+      `da/dW2[a, b] = W3_a W1[b, k-1]`, `da/dW3_a = sum_b W2_ab W1[b, k-1]`, every other weight 0;
+    - `log_quantities(bank, eps, inv_n, kind, loss, eff)`: kind code (the first-match-wins tests of
+      `sim.particles.classify`, branch-free), mean squared self-application residual and effective weight.
+    """
+    n = k * h + h * h + h
+
+    def w1(b: int, c: int) -> str:
+        return f"w{b * k + c}"
+
+    def w2(a: int, b: int) -> str:
+        return f"w{k * h + a * h + b}"
+
+    def w3(a: int) -> str:
+        return f"w{k * h + h * h + a}"
+
+    nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
+    carried = [b * k + k - 1 for b in range(h)]
+    reads = sorted({*carried, *range(k * h, n)})
+    t_lines = [f"t{b} = " + _tree([f"{w3(a)} * {w2(a, b)}" for a in range(h)]) for b in range(h)]
+    effective = "a = " + _tree([f"t{b} * {w1(b, k - 1)}" for b in range(h)])
+    lines = [
+        "",
+        "",
+        # serial: ~40 ns a particle, where numba's parallel loop compiled this body eight times slower
+        "@numba.njit(cache=True, nogil=True)",
+        "def effective(bank, out):",
+        "    for p in range(bank.shape[0]):",
+        *[f"        w{j} = bank[p, {j}]" for j in reads],
+        *[f"        {line}" for line in t_lines],
+        f"        {effective}",
+        "        out[p] = a",
+        "",
+        "",
+        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        "def task_sgd(bank, buf_bank, upstream, lr, mom):",
+        "    for p in numba.prange(bank.shape[0]):",
+        "        g = upstream[p]",
+        *[f"        w{j} = bank[p, {j}]" for j in reads],
+        *[f"        {line}" for line in t_lines],
+    ]
+    grads: dict[int, str] = {}
+    for b in range(h):
+        grads[b * k + k - 1] = f"g * t{b}"
+    for a in range(h):
+        for b in range(h):
+            grads[k * h + a * h + b] = f"g * ({w3(a)} * {w1(b, k - 1)})"
+        grads[k * h + h * h + a] = "g * " + _tree([f"{w2(a, b)} * {w1(b, k - 1)}" for b in range(h)])
+    for j in range(n):
+        update = f"mom * buf_bank[p, {j}]" + (f" + {grads[j]}" if j in grads else "")
+        lines += [f"        b{j} = {update}", f"        buf_bank[p, {j}] = b{j}", f"        bank[p, {j}] -= lr * b{j}"]
+    lines += [
+        "",
+        "",
+        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        "def log_quantities(bank, pos, eps, inv_n, kind, loss, eff):",
+        *[f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]],
+        "    zero = eps - eps",
+        "    for p in numba.prange(bank.shape[0]):",
+        *[f"        w{j} = bank[p, {j}]" for j in range(n)],
+        "        finite = " + _tree([f"(w{j} - w{j})" for j in range(n)]) + " == zero  # NaN unless all finite",
+        "        nonzero = " + " | ".join(f"(abs(w{j}) >= eps)" for j in range(n)),
+        *[f"        {line}" for line in t_lines],
+        f"        {effective}",
+        "        eff[p] = a",
+    ]
+    lines += [f"        v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
+    for j in range(n):
+        shift = _tree([f"v{d + 1} * p{d}_{j}" for d in range(3) if j in nonzero[d]])
+        lines += [f"        s{j} = {shift}", f"        r{j} = (w{j} * v0 + s{j}) - w{j}"]
+    lines += [
+        "        once = " + " & ".join(f"(abs(r{j}) < eps)" for j in range(n)),
+        "        once_finite = " + _tree([f"(r{j} - r{j})" for j in range(n)]) + " == zero",
+        # applied twice: p(c'_j) with c' built from w' = p(c): (w_j v0 + s_j) v0 + s_j
+        "        twice = " + " & ".join(f"(abs(((w{j} * v0 + s{j}) * v0 + s{j}) - w{j}) < eps)" for j in range(n)),
+        "        loss[p] = " + _tree([f"r{j} * r{j}" for j in range(n)]) + " * inv_n",
+        "        if not finite:",
+        "            kind[p] = 0  # divergent",
+        "        elif not nonzero:",
+        "            kind[p] = 1  # zero",
+        "        elif once:",
+        "            kind[p] = 2  # self_replicator",
+        "        elif once_finite and twice:",
+        "            kind[p] = 3  # self_replicator_2nd",
+        "        else:",
+        "            kind[p] = 4  # other",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _load_generated(name: str, source: str) -> ModuleType:
     """Import generated `source` from a file in the cache directory named by its hash (numba caches beside it)."""
     digest = hashlib.sha256(f"{KERNEL_VERSION}\n{source}".encode()).hexdigest()[:16]
@@ -183,9 +280,14 @@ def _load_generated(name: str, source: str) -> ModuleType:
 
 
 @cache
-def _sr_kernel(k: int, h: int, pos_key: bytes):
-    pos = np.frombuffer(pos_key, dtype=np.float64).reshape(3, -1)
-    return _load_generated(f"sr_k{k}_h{h}", sr_source(k, h, pos)).sr_steps
+def _shape_kernels(k: int, h: int) -> ModuleType:
+    """The compiled kernels of particles of shape (k, h): the generated module, loaded (and compiled once)."""
+    import torch
+
+    from sim.particles import ParticleSpec, positions  # particles imports this module
+
+    pos = positions(ParticleSpec(k, h), dtype=torch.float64).T.numpy()  # [3, n]
+    return _load_generated(f"shape_k{k}_h{h}", sr_source(k, h, pos) + per_particle_source(k, h, pos))
 
 
 def sr_steps_(
@@ -201,7 +303,7 @@ def sr_steps_(
 ) -> float:
     """`n_steps` fused SR steps on a linear bank `[P, n]` and its momentum buffer, in place (see `sr_source`); `pos`
     `[3, n]` in the bank's dtype. Returns the mean SR loss before the first step."""
-    kernel = _sr_kernel(k, h, np.ascontiguousarray(pos, dtype=np.float64).tobytes())
+    kernel = _shape_kernels(k, h).sr_steps
     dtype = weights.dtype
     consts = np.array([0.0, 1.0, 2.0, lr, momentum, scale], dtype=dtype)
     pos = np.ascontiguousarray(pos, dtype=dtype)
@@ -213,18 +315,10 @@ def sr_steps_(
 
 
 # --- effective weights, the task step's update, the log quantities ---------------------------------------------------
-def _static() -> ModuleType:
-    """The fixed-shape kernels (`sim._compiled_kernels`), imported (compiled or loaded from numba's cache) on first
-    use."""
-    from sim import _compiled_kernels
-
-    return _compiled_kernels
-
-
 def effective_weights(weights: np.ndarray, k: int, h: int) -> np.ndarray:
     """Effective weight of every linear particle of a bank `[P, n]`, `[P]` in its dtype."""
     out = np.empty(weights.shape[0], dtype=weights.dtype)
-    _static().effective(weights, k, h, out)
+    _shape_kernels(k, h).effective(weights, out)
     return out
 
 
@@ -234,7 +328,7 @@ def task_sgd_(
     """The task step's SGD-with-momentum update for linear particles, in place: `upstream [P]` is dL/da, the loss's
     gradient with respect to every particle's effective weight a, chained into W1, W2 and W3 in closed form."""
     dtype = weights.dtype.type
-    _static().task_sgd(weights, momentum_buffer, upstream, k, h, dtype(lr), dtype(momentum), _chunks(weights.shape[0]))
+    _shape_kernels(k, h).task_sgd(weights, momentum_buffer, upstream, dtype(lr), dtype(momentum))
 
 
 def log_quantities(
@@ -247,5 +341,6 @@ def log_quantities(
     loss = np.empty(P, dtype=weights.dtype)
     eff = np.empty(P, dtype=weights.dtype)
     dtype = weights.dtype.type
-    _static().log_quantities(weights, k, h, np.ascontiguousarray(pos, dtype=weights.dtype), dtype(eps), kind, loss, eff)
+    pos = np.ascontiguousarray(pos, dtype=weights.dtype)
+    _shape_kernels(k, h).log_quantities(weights, pos, dtype(eps), dtype(1.0 / weights.shape[1]), kind, loss, eff)
     return kind, loss, eff
