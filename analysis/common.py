@@ -109,6 +109,22 @@ class Run:
         """Layer of every particle `[P]` (-1 for soups)."""
         return self.topology["layer"]
 
+    @property
+    def is_dense(self) -> bool:
+        """The dense control (`mode: dense`): one plain weight per connection, no particles and no kinds."""
+        return self.mode == "dense"
+
+    @property
+    def n_weights(self) -> int:
+        """Weights per particle in the record's bank: the particle's own, or 1 for the dense control."""
+        return 1 if self.is_dense else self.spec.n_weights
+
+    def require_particles(self, what: str) -> None:
+        """AnalysisError for the dense control, which has connection weights but no particles or kinds."""
+        if self.is_dense:
+            raise AnalysisError(f"{str(self.run_dir)!r} is the dense control: it has no particles or kinds to analyse "
+                                f"for {what}")  # fmt: skip
+
     def require_organism(self, what: str) -> None:
         """AnalysisError unless this is an organism run with a task."""
         if not self.is_organism or not self.sizes:
@@ -138,10 +154,10 @@ class Run:
                 self.require_rows("snapshots", 1, "the final weights (no checkpoint either)")
                 weights = self.snapshots()[-1]
                 self._weights = (torch.as_tensor(weights).to(self.dtype), int(self.snapshot_steps[-1]), "snapshot")
-            if self._weights[0].shape != (self.n_particles, self.spec.n_weights):
+            if self._weights[0].shape != (self.n_particles, self.n_weights):
                 raise RecordError(
                     f"{str(self.run_dir)!r}: final weights have shape {tuple(self._weights[0].shape)}, the record "
-                    f"describes {self.n_particles} particles of {self.spec.n_weights} weights"
+                    f"describes {self.n_particles} particles of {self.n_weights} weights"
                 )
         return self._weights
 
@@ -155,8 +171,9 @@ class Run:
 
     @cached_property
     def task(self) -> Task:
-        """The run's task on the CPU, with the same held-out split as in training."""
-        self.require_organism("the task")
+        """The run's task on the CPU, with the same splits as in training."""
+        if not self.is_dense:
+            self.require_organism("the task")
         try:
             t = self.config.task
             return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side)

@@ -110,6 +110,7 @@ def pixel_map(run: Run, weights: torch.Tensor, kinds: np.ndarray) -> dict[str, A
 
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """The final kinds placed on the network (and, for MNIST, on the input pixels); figures into `out_dir`."""
+    run.require_particles("the kinds on the network")
     weights, step, source = run.final_weights()
     kinds = run.final_kinds()  # [P]
     names = run.kind_names

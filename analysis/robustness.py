@@ -139,6 +139,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """The noise experiment on the final self-replicators; the box-plot figure into `out_dir`."""
+    run.require_particles("the robustness experiment")
     check_options(args)
     weights, step, source = run.final_weights()
     ids = np.flatnonzero(run.final_kinds() == SELF_REPLICATOR)

@@ -92,6 +92,7 @@ def sr_loss_summary(losses: np.ndarray) -> dict[str, np.ndarray]:
 
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """Kind counts, metric and SR loss over time, and the per-layer breakdown of one run; figures into `out_dir`."""
+    run.require_particles("the specialisation figures")
     run.require_rows("particles", 1, "the specialisation figures")
     names = run.kind_names
     steps = run.particles["step"]  # [T]

@@ -83,6 +83,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     """PCA trajectories per layer in 2-D and 3-D, explained variance and path lengths; figures into `out_dir`."""
+    run.require_particles("weight trajectories coloured by kind")
     check_options(args)
     run.require_rows("snapshots", 2, "weight trajectories")
     snapshots = run.snapshots()  # [S, P, n]

@@ -44,7 +44,7 @@ from sim import kernels, particles
 from sim.cli import Parser, UsageError, error_exit, headless_matplotlib, positive_int
 from sim.config import DEVICES, ConfigError, build_config, resolve_device
 from sim.model import OrganismModel, ParticleModel
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import ParticleSpec
 from sim.soup import SoupModel
 from sim.threads import set_threads
@@ -124,8 +124,8 @@ class Batched:
         self.momentum = torch.zeros_like(self.weights.detach())  # [P, n], one buffer for both phases, like the loop's
 
     def task_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss, _ = self.organism.sgd_step_(  # as the model does it
-            self.weights, self.momentum, x, partial(task_loss, self.case, target=y), LR, MOMENTUM
+        loss, _ = sgd_step_(  # as the model does it
+            self.organism, self.weights, self.momentum, x, partial(task_loss, self.case, target=y), LR, MOMENTUM
         )
         return loss
 

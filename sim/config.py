@@ -24,7 +24,7 @@ from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
 from sim.tasks import TASK_TABLE
 
-MODES = ("organism", "soup")
+MODES = ("organism", "soup", "dense")
 TASKS = tuple(TASK_TABLE)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,10 +45,12 @@ def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: 
 
 @dataclass
 class OrganismConfig:
-    """Shape of the organism: `depth` layers of particles, hidden `width` (input/output sizes come from the task)."""
+    """Shape of the organism: `depth` layers of particles, hidden `width` (input/output sizes come from the task);
+    `hidden`, a list of hidden widths (e.g. `[300, 100]` for LeNet-300-100), overrides both."""
 
     width: int | None = _f(None, lo=1)
     depth: int = _f(3, lo=1)
+    hidden: list[int] | None = _f(None, lo=1)
     residual: bool = _f(False)
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
@@ -195,6 +197,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
             return None
         raise ConfigError(f"{key} must not be empty")
     base = next(t for t in allowed if t is not type(None))
+    if typing.get_origin(base) is list:
+        return _coerce_list(key, value, f)
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -217,6 +221,19 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     if meta.get("hi") is not None and value > meta["hi"]:
         raise ConfigError(f"{key} must be <= {meta['hi']}, got {value!r}")
     return value
+
+
+def _coerce_list(key: str, value: Any, f: dataclasses.Field) -> list[int]:
+    """A non-empty list of integers, each in the field's range (the only list-valued keys are lists of widths)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
+    lo = f.metadata.get("lo")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        if lo is not None and item < lo:
+            raise ConfigError(f"{key} entries must be >= {lo}, got {value!r}")
+    return list(value)
 
 
 def all_keys() -> list[str]:
@@ -299,6 +316,13 @@ def check_key(key: str) -> None:
     _owner(Config(), key)
 
 
+def list_valued(key: str) -> bool:
+    """Whether the config key `key` holds a list (such as `organism.hidden`)."""
+    _, _, f = _owner(Config(), key)
+    allowed = typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
+    return any(typing.get_origin(t) is list for t in allowed)
+
+
 def get_value(config: Config, key: str) -> Any:
     """The value of `section.key` (or a top-level key)."""
     target, name, _ = _owner(config, key)
@@ -373,6 +397,11 @@ def resolve(config: Config) -> Config:
     for rate in EVENT_RATES:
         if getattr(config.events, rate) is None:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
+    if config.organism.hidden is not None:
+        config.organism.depth = len(config.organism.hidden) + 1  # the recorded config then says what ran
+    rates = [rate for rate in EVENT_RATES if getattr(config.events, rate)]
+    if config.mode == "dense" and rates:
+        raise ConfigError(f"events.{rates[0]} must be 0 in mode dense: the dense control has no particles")
     soup = config.soup
     if (
         config.mode == "soup"

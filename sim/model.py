@@ -24,9 +24,10 @@ from mesa.discrete_space import Network
 from sim.agents import ParticleAgent
 from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import (
     KIND_NAMES,
+    ParticleSpec,
     classify,
     effective_weights,
     init_weights,
@@ -114,7 +115,7 @@ class ParticleModel(mesa.Model):
         self._with_agents = agents
         self._grid: Network | None = None
         self._csr: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.weights = init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)  # [P, n]
+        self.weights = self._initial_weights(n_particles)  # [P, n]
         self.weights.requires_grad_(True)
         self.task_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
@@ -131,7 +132,7 @@ class ParticleModel(mesa.Model):
         if self.run_dir is not None:
             rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
             self.record = RecordWriter(
-                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.spec.n_weights,
+                self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.weights.shape[1],
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
 
@@ -179,6 +180,16 @@ class ParticleModel(mesa.Model):
         return super().agents
 
     # --- what subclasses provide -------------------------------------------------------------------------------------
+    def _initial_weights(self, n_particles: int) -> torch.Tensor:
+        """The bank at step 0, `[P, n]`, drawn from the model's generator."""
+        return init_weights(n_particles, self.spec, self.generator, self.device, self.dtype)
+
+    def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        if uses_kernels(weights, self.spec):  # all three in one pass over the bank
+            return log_quantities(weights, self.spec)
+        return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
+
     def _gate_threshold(self) -> float:
         return 0.0
 
@@ -198,8 +209,8 @@ class ParticleModel(mesa.Model):
         return nan, nan
 
     def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
-        """The task metric on held-out data (NaN without a task); `effective` `[P]`: the linear particles' effective
-        weights, when the caller has them already."""
+        """The task metric on held-out data (NaN without a task); `effective` `[P]`: the effective weights of the
+        bank, when the caller has them already (used where they drive the forward: linear particles)."""
         return float("nan")
 
     def _topology(self) -> dict[str, np.ndarray]:
@@ -222,16 +233,22 @@ class ParticleModel(mesa.Model):
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
         return sr_train_(self.weights, buffer, self.spec, train.n_sr, train.lr, train.momentum, train.alpha)
 
-    def step(self) -> None:
-        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
-        started = time.perf_counter()
-        step = self.steps
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training phases of one step, self-training and the task step in the configured order (no events, no
+        logging); returns the task loss, the train metric and the mean SR loss before the SR updates (0-d tensors)."""
         if self.config.train.order == "sr_first":
             mean_sr = self._self_train()
             task_loss, metric = self._task_step()
         else:
             task_loss, metric = self._task_step()
             mean_sr = self._self_train()
+        return task_loss, metric, mean_sr
+
+    def step(self) -> None:
+        """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
+        started = time.perf_counter()
+        step = self.steps
+        task_loss, metric, mean_sr = self.train_step()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
         events = self._events()
@@ -260,20 +277,14 @@ class ParticleModel(mesa.Model):
     def _log(self, step: int) -> None:
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
         with torch.no_grad():
-            weights = self.weights.detach()
-            if uses_kernels(weights, self.spec):  # all three in one pass over the bank
-                kind, losses, effective = log_quantities(weights, self.spec)  # [P] each
-            else:
-                kind = classify(weights, self.spec)  # [P]
-                losses = sr_loss(weights, self.spec)  # [P]
-                effective = effective_weights(weights, self.spec)  # [P]
-        held_out = self.held_out_metric(effective=effective if self.spec.linear else None)
+            kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
+        held_out = self.held_out_metric(effective=effective)
         running = float(self._metric_sum) / max(self._metric_count, 1)
         self._metric_sum.zero_()
         self._metric_count = 0
         if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
             self.sr_active = True
-        counts = torch.bincount(kind.long(), minlength=len(KIND_NAMES)).tolist()
+        counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
@@ -308,6 +319,10 @@ class ParticleModel(mesa.Model):
             "metric_count": self._metric_count,
             "record_rows": self.record.rows() if self.record is not None else {},
         }
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from the checkpoint at `path` (weights, optimiser buffers, random streams, gate); no record."""
+        self._load(Path(path))
 
     def _load(self, path: Path) -> dict[str, int]:
         state = load_checkpoint(path)
@@ -375,9 +390,13 @@ class OrganismModel(ParticleModel):
         t = config.task
         self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
         o = config.organism
-        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out)
-        self.organism = Organism(self.sizes, config.particle.spec(), o.residual, o.activation)
+        self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
+        self.organism = self._network(config, config.particle.spec())
         super().__init__(config, self.organism.n_particles, None, run_dir, resume, agents)
+
+    def _network(self, config: Config, spec: ParticleSpec) -> Organism:
+        """The network the bank drives, over `self.sizes`."""
+        return Organism(self.sizes, spec, config.organism.residual, config.organism.activation)
 
     def _gate_threshold(self) -> float:
         return self.config.train.task_first_threshold
@@ -388,15 +407,16 @@ class OrganismModel(ParticleModel):
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
         train = self.config.train
-        loss, output = self.organism.sgd_step_(
-            self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr, train.momentum
-        )
+        loss, output = sgd_step_(
+            self.organism, self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr,
+            train.momentum,
+        )  # fmt: skip
         return loss, self.task.metric(output, y)
 
     @torch.no_grad()
     def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
-        if effective is not None:
-            output = self.organism.forward_effective(effective, self.task.test_x)
+        if effective is not None and self.spec.linear and isinstance(self.organism, Organism):
+            output = self.organism.forward_effective(effective, self.task.test_x)  # the log's effective weights
         else:
             output = self.organism.forward(self.weights.detach() if weights is None else weights, self.task.test_x)
         return float(self.task.metric(output, self.task.test_y))
@@ -415,4 +435,5 @@ class OrganismModel(ParticleModel):
 
     def _extra_attrs(self) -> dict[str, Any]:
         return {"task": self.task.name, "metric_name": self.task.metric_name,
-                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes)}  # fmt: skip
+                "higher_is_better": self.task.higher_is_better, "layer_sizes": json.dumps(self.sizes),
+                "splits": json.dumps(self.task.split_sizes()), "held_out_split": "test"}  # fmt: skip

@@ -67,40 +67,6 @@ class Organism:
 
         return self._layers(general, x, layer_inputs)
 
-    def sgd_step_(
-        self,
-        weights: torch.Tensor,
-        momentum_buffer: torch.Tensor,
-        x: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        lr: float,
-        momentum: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One task SGD-with-momentum step (torch.optim.SGD's) on the bank `weights [P, n]` and its buffer, in place:
-        the organism's output for `x`, `loss_fn(output)`, its gradient, the update. Returns (loss, output), detached.
-
-        Linear CPU banks run autograd only through the dense network of effective weights; the gradient dL/da then
-        reaches W1, W2, W3 in closed form, fused with the update in one pass over the bank (sim.kernels). Otherwise
-        autograd runs through the whole forward.
-        """
-        bank = weights.detach()
-        if uses_kernels(bank, self.spec):
-            effective = kernel_effective_weights(bank, self.spec).requires_grad_(True)  # [P]
-            output = self.forward_effective(effective, x)
-            loss = loss_fn(output)
-            (upstream,) = torch.autograd.grad(loss, effective)
-            task_sgd_(bank, momentum_buffer, upstream, self.spec, lr, momentum)
-        else:
-            with torch.enable_grad():
-                leaf = weights if weights.requires_grad else bank.requires_grad_(True)
-                output = self.forward(leaf, x)
-                loss = loss_fn(output)
-                (grad,) = torch.autograd.grad(loss, leaf)
-            with torch.no_grad():
-                momentum_buffer.mul_(momentum).add_(grad)
-                bank.sub_(momentum_buffer, alpha=lr)
-        return loss.detach(), output.detach()
-
     def forward_effective(
         self, effective: torch.Tensor, x: torch.Tensor, layer_inputs: list | None = None
     ) -> torch.Tensor:
@@ -142,3 +108,39 @@ class Organism:
             hidden = act(hidden)
         carried = (hidden @ W3.transpose(1, 2)).squeeze(-1)  # [P_l, B]
         return carried.view(n_out, n_in, -1).sum(dim=1).T  # [B, n_out]
+
+
+def sgd_step_(
+    network,
+    weights: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    x: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    lr: float,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task SGD-with-momentum step (torch.optim.SGD's) of `network` (an `Organism`, or any network with
+    `forward(weights, x)`) on its bank `weights` and momentum buffer, in place: the output for `x`, `loss_fn(output)`,
+    its gradient, the update. Returns (loss, output), detached.
+
+    An organism of linear particles on the CPU runs autograd only through the dense network of effective weights; the
+    gradient dL/da then reaches W1, W2, W3 in closed form, fused with the update in one pass over the bank
+    (sim.kernels). Otherwise autograd runs through the whole forward.
+    """
+    bank = weights.detach()
+    if isinstance(network, Organism) and uses_kernels(bank, network.spec):
+        effective = kernel_effective_weights(bank, network.spec).requires_grad_(True)  # [P]
+        output = network.forward_effective(effective, x)
+        loss = loss_fn(output)
+        (upstream,) = torch.autograd.grad(loss, effective)
+        task_sgd_(bank, momentum_buffer, upstream, network.spec, lr, momentum)
+        return loss.detach(), output.detach()
+    with torch.enable_grad():
+        leaf = weights if weights.requires_grad else bank.requires_grad_(True)
+        output = network.forward(leaf, x)
+        loss = loss_fn(output)
+        (grad,) = torch.autograd.grad(loss, leaf)
+    with torch.no_grad():
+        momentum_buffer.mul_(momentum).add_(grad)
+        bank.sub_(momentum_buffer, alpha=lr)
+    return loss.detach(), output.detach()

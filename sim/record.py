@@ -3,7 +3,8 @@
 Layout (schema 1; README documents it):
 - root attributes: `schema_version`, `config` (JSON), `seed`, `versions` (JSON), `git_commit`, `kind_names`,
   `event_names`, `created`, `mode`, `task`, `metric_name`, `higher_is_better` (organisms), `layer_sizes` (JSON),
-  `device`, `checkpoint`.
+  `device`, `checkpoint`; organisms and the dense control add `splits` (JSON: train / validation / test sizes) and
+  `held_out_split` (`test`).
 - `/steps/{step, task_loss, sr_loss, metric, sr_active, wall_time}`: one row per step (`metric` is the train-batch
   metric; `sr_active` says whether self-training ran).
 - `/particles/{step, held_out_metric, kind_counts [T, 5], kind [T, P] int8, sr_loss [T, P], effective_weight [T, P]}`:
@@ -167,7 +168,7 @@ class RecordWriter:
     def add_particles(self, step: int, held_out_metric: float, kind: torch.Tensor, sr_loss: torch.Tensor,
                       effective_weight: torch.Tensor, n_kinds: int) -> None:  # fmt: skip
         """Buffer one `/particles` row: per-particle kind `[P]`, SR loss `[P]`, effective weight `[P]`."""
-        counts = torch.bincount(kind.long(), minlength=n_kinds)
+        counts = torch.bincount(kind[kind >= 0].long(), minlength=n_kinds)  # kind -1 (the dense control): no kind
         self._particles.append((step, held_out_metric, counts, kind, sr_loss.float(), effective_weight.float()))
 
     def add_events(self, step: int, rows: torch.Tensor) -> None:
@@ -295,7 +296,7 @@ def read_attrs(f: h5py.File) -> dict[str, Any]:
     for key, value in f.attrs.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
             out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
-        elif key in ("config", "versions", "layer_sizes") and isinstance(value, str | bytes):
+        elif key in ("config", "versions", "layer_sizes", "splits") and isinstance(value, str | bytes):
             out[key] = json.loads(value)
         elif isinstance(value, np.generic):
             out[key] = value.item()

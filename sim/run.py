@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML or TOML config file")
-    p.add_argument("--mode", choices=MODES, help="organism (default) or soup")
+    p.add_argument("--mode", choices=MODES, help="organism (default), soup or dense (the dense control)")
     p.add_argument("--task", choices=TASKS, help=f"the organism's task: {', '.join(TASKS)} (default mnist)")
     p.add_argument("--steps", type=non_negative_int("--steps"), help="number of simulation steps (default 10000)")
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
@@ -108,7 +108,8 @@ def default_run_dir(config: Config, set_keys: list[str] | None = None, name: str
     """`runs/<timestamp>-<name>`, the name by default `<task>-s<seed>` (`soup-s<seed>`) and the `--set` keys that
     differ from the defaults."""
     if name is None:
-        name = f"{config.task.name if config.mode == 'organism' else 'soup'}-s{config.seed}"
+        kind = {"organism": config.task.name, "dense": f"{config.task.name}-dense"}.get(config.mode, "soup")
+        name = f"{kind}-s{config.seed}"
         changed = changed_keys(config, set_keys or [])
         name += f"-{changed}" if changed else ""
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = model.summary
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
     if summary:
-        if model.mode == "organism":
+        if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
     print(f"run directory: {run_dir}")

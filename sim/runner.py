@@ -14,6 +14,7 @@ import yaml
 from tqdm import tqdm
 
 from sim.config import Config
+from sim.dense import DenseModel
 from sim.model import OrganismModel, ParticleModel
 from sim.particles import SHORT_KINDS
 from sim.record import CONFIG_NAME
@@ -21,8 +22,8 @@ from sim.soup import SoupModel
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
-    """The organism or soup model of `config`, writing its record to `run_dir` (continuing it with `resume`)."""
-    model_class = OrganismModel if config.mode == "organism" else SoupModel
+    """The organism, soup or dense model of `config`, writing its record to `run_dir` (continuing it with `resume`)."""
+    model_class = {"organism": OrganismModel, "dense": DenseModel, "soup": SoupModel}[config.mode]
     return model_class(config, run_dir=run_dir, resume=resume)
 
 
@@ -41,7 +42,7 @@ def _postfix(model: ParticleModel) -> dict[str, str]:
     if not s:
         return {}
     out = {}
-    if model.mode == "organism":
+    if model.mode in ("organism", "dense"):
         out["held_out"] = f"{s['held_out_metric']:.4g}"
     out["sr_loss"] = f"{s['sr_loss']:.2e}"
     out["kinds"] = " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v)
@@ -56,7 +57,7 @@ def progress_line(model: ParticleModel, rate: float) -> str:
     s = model.summary
     parts = [f"step {model.steps}/{model.config.steps}", f"{rate:.3g} steps/s"]
     if s:
-        if model.mode == "organism":
+        if model.mode in ("organism", "dense"):
             parts.append(f"held-out {model.task.metric_name} {s['held_out_metric']:.4g}")
         parts.append(f"SR loss {s['sr_loss']:.2e}")
         parts.append("kinds " + " ".join(f"{SHORT_KINDS[k]}={v}" for k, v in s["kind_counts"].items() if v))

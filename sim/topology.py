@@ -17,8 +17,13 @@ import torch
 NEIGHBOURHOODS = ("shared_neuron", "same_target", "same_layer")
 
 
-def layer_sizes(d_in: int, width: int, depth: int, d_out: int) -> list[int]:
-    """Neuron counts of an organism with `depth` layers of particles: `[d_in, width, ..., width, d_out]`."""
+def layer_sizes(d_in: int, width: int, depth: int, d_out: int, hidden: list[int] | None = None) -> list[int]:
+    """Neuron counts of an organism with `depth` layers of particles: `[d_in, width, ..., width, d_out]`, or
+    `[d_in, *hidden, d_out]` when a list of hidden widths is given (it overrides `width` and `depth`)."""
+    if hidden is not None:
+        if not hidden or min(hidden) < 1 or min(d_in, d_out) < 1:
+            raise ValueError(f"organism sizes must be positive, got d_in={d_in} hidden={hidden} d_out={d_out}")
+        return [d_in, *hidden, d_out]
     if min(d_in, width, d_out) < 1 or depth < 1:
         raise ValueError(f"organism sizes must be positive, got d_in={d_in} width={width} depth={depth} d_out={d_out}")
     return [d_in] + [width] * (depth - 1) + [d_out]

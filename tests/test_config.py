@@ -41,6 +41,10 @@ def test_explicit_values_win_over_task_defaults():
         ("nope.key", 1, "unknown config key 'nope.key'"),
         ("organism", 1, "unknown config key 'organism'"),
         ("train.nope", 1, "unknown config key 'train.nope'"),
+        ("organism.hidden", 300, "organism.hidden must be a non-empty list of integers"),
+        ("organism.hidden", [], "organism.hidden must be a non-empty list of integers"),
+        ("organism.hidden", [300, 0], "organism.hidden entries must be >= 1"),
+        ("organism.hidden", [300, 1.5], "organism.hidden must be a list of integers"),
     ],
 )
 def test_bad_values_name_the_key(key, value, words):
@@ -81,6 +85,20 @@ def test_parse_value_and_round_trip():
 def test_soup_degree_must_fit_size():
     with pytest.raises(ConfigError, match="soup.degree"):
         build_config(overrides=[("mode", "soup"), ("soup.size", 5), ("soup.degree", 3)])
+
+
+def test_hidden_widths_override_width_and_depth_and_round_trip(tmp_path):
+    config = build_config(overrides=[("organism.hidden", parse_value("[300,100]")), ("organism.width", 7)])
+    assert config.organism.hidden == [300, 100] and config.organism.depth == 3
+    assert from_dict(config.to_dict()) == config
+    (tmp_path / "c.yaml").write_text("organism:\n  hidden: [4, 3, 2]\n")
+    assert build_config(tmp_path / "c.yaml").organism.depth == 4
+
+
+def test_the_dense_control_has_no_population_events():
+    assert build_config(overrides=[("mode", "dense")]).mode == "dense"
+    with pytest.raises(ConfigError, match="events.attack must be 0 in mode dense"):
+        build_config(overrides=[("mode", "dense"), ("events.attack", 0.1)])
 
 
 def test_a_complete_soup_ignores_the_degree():

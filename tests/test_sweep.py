@@ -309,3 +309,12 @@ def test_point_names_are_canonical_safe_and_distinct(tmp_path):
     assert names[:2] == ["train.alpha=1.0,train.n_sr=5", "train.alpha=0.5,train.n_sr=5"] and len(names) == 4
     assert names[2] != names[3] and all(n.startswith("task.data_dir=_a_b~") for n in names[2:])
     assert all("/" not in n for n in names) and point_name({}) == "base"
+
+
+def test_a_list_valued_key_sweeps_lists(tmp_path):
+    sweep = write_sweep(tmp_path / "s.yaml", {"base": BASE, "grid": {"organism.hidden": [[4, 3], [2]]}, "seeds": 1})
+    runs = plan(load_sweep(sweep), tmp_path)
+    assert [run.params for run in runs] == [{"organism.hidden": [4, 3]}, {"organism.hidden": [2]}]
+    assert runs[0].point != runs[1].point and all(
+        run.point.startswith("organism.hidden=_4") or run.point.startswith("organism.hidden=_2") for run in runs
+    )

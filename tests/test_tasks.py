@@ -32,7 +32,9 @@ def test_arithmetic_sets_and_batches_have_the_right_shapes_and_targets():
     assert (task.d_in, task.d_out, task.metric_name, task.higher_is_better) == (2, 1, "mae", False)
     assert task.train_x.shape == (10000, 2) and task.train_y.shape == (10000, 1)
     assert task.test_x.shape == (1000, 2) and task.test_y.shape == (1000, 1)
+    assert task.val_x.shape == (1000, 2) and not torch.allclose(task.val_x, task.test_x)
     torch.testing.assert_close(task.test_y, task.test_x.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(task.val_y, task.val_x.sum(dim=1, keepdim=True))
     torch.testing.assert_close(task.train_y, task.train_x.sum(dim=1, keepdim=True))
     assert abs(float(task.train_x.mean())) < 0.05 and abs(float(task.train_x.std()) - 1) < 0.05  # N(0, 1)
     x, y = task.sample_batch(50, gen(1))
@@ -84,13 +86,17 @@ def test_gate_opens_at_the_threshold_in_the_metric_direction():
 def test_embedded_mnist_shapes_ranges_and_stratified_split():
     task = make_task("mnist", 0, "cpu", torch.float32)
     assert (task.d_in, task.d_out, task.metric_name, task.higher_is_better) == (225, 10, "accuracy", True)
-    assert task.train_x.shape == (4000, 225) and task.test_x.shape == (1000, 225)
+    assert task.train_x.shape == (3500, 225) and task.test_x.shape == (1000, 225) and task.val_x.shape == (500, 225)
+    assert task.split_sizes() == {"train": 3500, "validation": 500, "test": 1000}
     assert task.train_x.dtype == torch.float32 and task.train_y.dtype == torch.int64
     assert float(task.train_x.min()) == 0.0 and float(task.train_x.max()) <= 1.0 and float(task.train_x.max()) > 0.9
-    assert torch.bincount(task.train_y, minlength=10).tolist() == [400] * 10
+    assert torch.bincount(task.train_y, minlength=10).tolist() == [350] * 10
+    assert torch.bincount(task.val_y, minlength=10).tolist() == [50] * 10
     assert torch.bincount(task.test_y, minlength=10).tolist() == [100] * 10
-    # no held-out image appears in the training set
+    # no image appears in two splits
     assert float(exact_distance(task.test_x, task.train_x).min()) > 0
+    assert float(exact_distance(task.val_x, task.train_x).min()) > 0
+    assert float(exact_distance(task.val_x, task.test_x).min()) > 0
 
 
 def test_embedded_split_is_independent_of_the_seed_and_not_aliased():
@@ -174,10 +180,13 @@ def write_mnist(directory, n_train=12, n_test=5, gz=False, seed=0):
 def test_idx_files_give_the_official_train_test_split(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz=gz)
     task = make_task("mnist", 0, "cpu", torch.float64, data_dir=str(tmp_path))
-    assert task.train_x.shape == (12, 225) and task.test_x.shape == (5, 225)
-    assert task.train_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    # the last twelfth of the training file (5,000 of 60,000) is the validation split
+    assert task.train_x.shape == (11, 225) and task.val_x.shape == (1, 225) and task.test_x.shape == (5, 225)
+    assert task.train_y.tolist() + task.val_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert task.test_y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
-    torch.testing.assert_close(task.train_x, resize_images(arrays["train-images-idx3-ubyte"]).double())
+    train_images = resize_images(arrays["train-images-idx3-ubyte"]).double()
+    torch.testing.assert_close(task.train_x, train_images[:11])
+    torch.testing.assert_close(task.val_x, train_images[11:])
     torch.testing.assert_close(task.test_x, resize_images(arrays["t10k-images-idx3-ubyte"]).double())
     assert float(task.train_x.min()) >= 0 and float(task.train_x.max()) <= 1
 
@@ -272,7 +281,7 @@ def test_embedded_mnist_is_cached_on_disk_keyed_by_the_resize(tmp_path, monkeypa
         tasks._embedded_mnist.cache_clear()
         rebuilt = tasks._embedded_mnist(15)
         assert torch.equal(rebuilt[0], first[0])
-        assert tasks._embedded_mnist(7)[0].shape == (4000, 49)
+        assert tasks._embedded_mnist(7)[0].shape == (3500, 49)
         assert len(list((tmp_path / "mnist").glob("embedded-*.npz"))) == 2
     finally:
         tasks._embedded_mnist.cache_clear()

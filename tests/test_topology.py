@@ -31,6 +31,9 @@ def test_layer_sizes_of_the_two_reference_organisms():
     assert ARITHMETIC == [2, 3, 3, 1]
     with pytest.raises(ValueError):
         layer_sizes(2, 0, 3, 1)
+    assert layer_sizes(784, 5, 3, 10, hidden=[300, 100]) == [784, 300, 100, 10]  # LeNet-300-100
+    with pytest.raises(ValueError):
+        layer_sizes(784, 5, 3, 10, hidden=[300, 0])
 
 
 @pytest.mark.parametrize(("sizes", "count"), [(MNIST, 1200), (ARITHMETIC, 18), ([3, 1, 4], 7)])

@@ -1,0 +1,505 @@
+"""`python -m analysis.pruning_study SWEEP_DIR`: self-replicator pruning against standard pruning, with controls.
+
+Reads a sweep over {organism, organism with `train.n_sr: 0`, dense control} x seeds (`examples/pruning_paper.yaml`,
+`examples/pruning_lenet.yaml`) and prunes every finished model with every method of `analysis.prune_methods` at the
+compression ratios 1, 2, ..., 64, and at the self-replicators' natural sparsity. Every choice is made on the validation
+split, every reported number is measured on the test split. Writes `study.md`, `study.json` and the figures into
+`--out` (default `SWEEP_DIR/study/`), and the JSON also to `--json FILE`:
+
+- `models.<name>`: `mode`, `n_sr`, `runs`, `full {mean, lo, hi, n}`, `curves.<method>` (a list of `{compression,
+  sparsity, mean, lo, hi, n}`), `sr_point {sparsity, mean, lo, hi, n}` and `pure_sr_point` (organisms),
+  `at_sr_sparsity.<organism model>.<method>` (every method at that organism's mean natural sparsity),
+  `max_compression_within_1pt.<method>`, `census` (where the self-replicators sit), `training` (gate step, kind
+  census change over the last 20% of the steps), and with `--finetune K` the same under `finetuned`;
+- `split {train, validation, test}`, `selection_split` (`validation`), `reported_split` (`test`).
+
+Means are over seeds (random pruning: each seed's mean over `--draws` draws first); lo/hi the 95% t-interval of the
+mean. "Within 1 point": accuracy at least the model's full accuracy minus 0.01.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from analysis.common import AnalysisError, Parser, UsageError, cli, load_run, new_figure, save_figure, write_json
+from analysis.prune_methods import (
+    COMPRESSIONS,
+    METHODS,
+    Pruner,
+    Trained,
+    finetune,
+    relative_contributions,
+    sparsity_of,
+)
+from analysis.report_format import md_table
+from analysis.sweep_report import read_sweep
+from sim.particles import KIND_NAMES, SELF_REPLICATOR
+from sim.record import is_complete
+
+PROG = "python -m analysis.pruning_study"
+DEFAULT_DRAWS = 10
+MIN_DRAWS = 10
+FINETUNE_DRAWS = 3  # fine-tuning is costly: random pruning is fine-tuned on its first draws only
+TOLERANCE = 0.01  # "within 1 point" of accuracy
+LIVE_INTENSITY = 0.01  # an input pixel is live when its mean intensity on the validation split reaches this
+CENSUS_WINDOW = 0.2  # the kind census is compared over the last 20% of the steps
+METHOD_LABELS = {
+    "random": "random",
+    "magnitude": "global magnitude",
+    "magnitude_layerwise": "layer-wise magnitude",
+    "snip": "SNIP",
+    "contribution": "smallest task contribution",
+    "l1": "smallest L1 of own weights",
+}
+METHOD_COLORS = {"random": "#7f7f7f", "magnitude": "#9467bd", "magnitude_layerwise": "#e377c2", "snip": "#17becf",
+                 "contribution": "#8c564b", "l1": "#2ca02c"}  # fmt: skip
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """`{mean, lo, hi, n}`: the mean of `values` and its 95% t-interval (lo = hi = mean for one value)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    mean = float(v.mean())
+    half = float(stats.t.ppf(0.975, n - 1)) * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+# --- the models of a sweep --------------------------------------------------------------------------------------------
+
+
+def model_name(mode: str, n_sr: int) -> str:
+    """`organism`, `organism_no_sr` (the organism with `train.n_sr: 0`) or `dense`."""
+    if mode == "dense":
+        return "dense"
+    return "organism_no_sr" if n_sr == 0 else "organism"
+
+
+def sweep_models(sweep_dir: Path) -> dict[str, list[Path]]:
+    """The finished runs of a sweep directory by model name, seeds in order; AnalysisError unless it holds both an
+    organism and a dense control."""
+    if not (sweep_dir / "sweep.json").is_file():
+        raise AnalysisError(f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json)")
+    index = read_sweep(sweep_dir)
+    points: dict[str, dict[str, Any]] = {}
+    for entry in index["runs"]:
+        run_dir = sweep_dir / entry["run_dir"]
+        if entry["status"] != "done" or not is_complete(run_dir):
+            continue
+        config = load_run(run_dir).config
+        name = model_name(config.mode, config.train.n_sr)
+        points.setdefault(entry["point"], {"name": name, "runs": []})["runs"].append((entry["seed"], run_dir))
+    names = [p["name"] for p in points.values()]
+    models: dict[str, list[Path]] = {}
+    for point, p in points.items():
+        name = p["name"] if names.count(p["name"]) == 1 else f"{p['name']}@{point}"
+        models[name] = [run_dir for _, run_dir in sorted(p["runs"])]
+    modes = {"dense" if name.startswith("dense") else "organism" for name in models}
+    for needed, what in (("organism", "an organism model"), ("dense", "a dense control (mode: dense)")):
+        if needed not in modes:
+            raise AnalysisError(f"{str(sweep_dir)!r} holds no finished run of {what}: the study compares both")
+    return models
+
+
+# --- one trained model ------------------------------------------------------------------------------------------------
+
+
+def _metric(trained: Trained, pruner: Pruner, method: str, sparsity: float, draws: int,
+            tune: Callable[[torch.Tensor], float] | None = None) -> float:  # fmt: skip
+    """The test metric of `method` at `sparsity` (random: the mean over its draws), fine-tuned when `tune` is given."""
+    evaluate = tune or trained.evaluate
+    if method == "random":
+        n = min(draws, FINETUNE_DRAWS) if tune else draws
+        return float(np.mean([evaluate(pruner.keep(method, sparsity, draw)) for draw in range(n)]))
+    return evaluate(pruner.keep(method, sparsity))
+
+
+def census(trained: Trained) -> dict[str, Any]:
+    """Where the self-replicators sit: per layer, and by how live their inputs are on the validation split."""
+    run = trained.run
+    kinds = torch.as_tensor(trained.kinds)
+    sr = kinds == SELF_REPLICATOR
+    pure = sr & (relative_contributions(trained) < 0.01)
+    layer = torch.as_tensor(run.layers)
+    source = torch.as_tensor(run.topology["source"])
+    inputs: list[torch.Tensor] = []
+    trained.network.forward(trained.connection_weights().detach(), trained.task.val_x, layer_inputs=inputs)
+    level = torch.zeros(len(layer), dtype=inputs[0].dtype)  # [P]: mean |input| of each particle's source neuron
+    for index, x in enumerate(inputs):
+        level[layer == index] = x.abs().mean(dim=0)[source[layer == index]]
+    out: dict[str, Any] = {"per_layer": []}
+    for index in range(len(run.sizes) - 1):
+        at = layer == index
+        out["per_layer"].append({"layer": index, "particles": int(at.sum()), "self_replicators": int((sr & at).sum()),
+                                 "pure": int((pure & at).sum())})  # fmt: skip
+    first = layer == 0
+    live = first & (level >= LIVE_INTENSITY)
+    dead = first & ~live
+    hidden_live = (layer > 0) & (level > 0)
+    out.update(
+        first_layer_live=int(live.sum()), first_layer_dead=int(dead.sum()),
+        sr_share_live=float((sr & live).sum() / max(int(live.sum()), 1)),
+        sr_share_dead=float((sr & dead).sum() / max(int(dead.sum()), 1)),
+        pure_share_live=float((pure & live).sum() / max(int(live.sum()), 1)),
+        sr_mean_input=float(level[sr & first].mean()) if bool((sr & first).any()) else None,
+        all_mean_input=float(level[first].mean()),
+        hidden_live=int(hidden_live.sum()), hidden_live_sr=int((sr & hidden_live).sum()),
+        hidden_live_pure=int((pure & hidden_live).sum()),
+    )  # fmt: skip
+    return out
+
+
+def training_summary(trained: Trained) -> dict[str, Any]:
+    """When the self-training gate opened, and how much the kind census moved over the last 20% of the steps (the
+    largest change of any kind's count, as a fraction of the particles)."""
+    run = trained.run
+    active = np.flatnonzero(run.steps["sr_active"] > 0)
+    gate = int(run.steps["step"][active[0]]) if len(active) else None
+    steps, counts = run.particles["step"], run.particles["kind_counts"].astype(float)
+    if not trained.is_organism or not len(steps):
+        return {"gate_step": gate, "census_change_last_20pct": None}
+    start = np.searchsorted(steps, steps[-1] - CENSUS_WINDOW * steps[-1])
+    change = float(np.abs(counts[-1] - counts[start]).max() / trained.n_connections)
+    return {"gate_step": gate, "census_change_last_20pct": change,
+            "final_kind_counts": dict(zip(KIND_NAMES, counts[-1].astype(int).tolist()))}  # fmt: skip
+
+
+def study_run(
+    trained: Trained, sparsities: dict[str, float], draws: int, finetune_steps: int, methods: tuple[str, ...] = METHODS
+) -> dict[str, Any]:
+    """One model's numbers: full metric, each of `methods` at every compression and at `sparsities` (name -> sparsity),
+    self-replicator pruning (organisms), and the same fine-tuned for `finetune_steps` steps when positive."""
+    pruner = Pruner(trained, trained.run.config.seed)
+    tunes: dict[str, Callable[[torch.Tensor], float] | None] = {"": None}
+    if finetune_steps:
+        tunes["finetuned"] = lambda keep: trained.evaluate(keep, bank=finetune(trained, keep, finetune_steps))
+    out: dict[str, Any] = {"full": trained.evaluate(), "training": training_summary(trained)}
+    own: dict[str, float] = {}
+    if trained.is_organism:
+        keeps = pruner.sr_keeps()
+        own = {"own": 1.0 - float(keeps["all"].double().mean())}
+        out["census"] = census(trained)
+        out["sr_set"] = {"sparsity": own["own"], "pure_sparsity": 1.0 - float(keeps["pure"].double().mean()),
+                     "pure_count": int((~keeps["pure"]).sum())}  # fmt: skip
+    for label, tune in tunes.items():
+        evaluate = tune or trained.evaluate
+        part: dict[str, Any] = {
+            "curves": {m: [_metric(trained, pruner, m, sparsity_of(c), draws, tune) for c in COMPRESSIONS]
+                       for m in methods},
+            "at": {name: {m: _metric(trained, pruner, m, s, draws, tune) for m in methods}
+                   for name, s in {**sparsities, **own}.items()},
+        }  # fmt: skip
+        if trained.is_organism:
+            part["sr"] = {kind: evaluate(keep) for kind, keep in pruner.sr_keeps().items()}
+        if label:
+            out[label] = part
+        else:
+            out.update(part)
+    return out
+
+
+# --- aggregation over seeds -------------------------------------------------------------------------------------------
+
+
+def _aggregate_part(runs: list[dict[str, Any]], part: str | None, full: dict[str, Any]) -> dict[str, Any]:
+    parts = [r[part] if part else r for r in runs]
+    methods = list(parts[0]["curves"])
+    curves = {
+        m: [{"compression": c, "sparsity": sparsity_of(c), **interval([p["curves"][m][i] for p in parts])}
+            for i, c in enumerate(COMPRESSIONS)]
+        for m in methods
+    }  # fmt: skip
+    out: dict[str, Any] = {"curves": curves}
+    out["max_compression_within_1pt"] = {
+        m: max(c["compression"] for c in curves[m] if c["mean"] is not None and c["mean"] >= full["mean"] - TOLERANCE)
+        for m in methods
+    }
+    names = [n for n in parts[0]["at"] if n != "own"]
+    out["at_sr_sparsity"] = {n: {m: interval([p["at"][n][m] for p in parts]) for m in methods} for n in names}
+    if "sr" in parts[0]:
+        out["own_sr_sparsity"] = {m: interval([p["at"]["own"][m] for p in parts]) for m in methods}
+        sparsity = interval([r["sr_set"]["sparsity"] for r in runs])
+        pure = interval([r["sr_set"]["pure_sparsity"] for r in runs])
+        out["sr_point"] = {**interval([p["sr"]["all"] for p in parts]), "sparsity": sparsity["mean"]}
+        out["pure_sr_point"] = {**interval([p["sr"]["pure"] for p in parts]), "sparsity": pure["mean"]}
+        out["other_zeroed"] = interval([p["sr"]["other"] for p in parts])
+    return out
+
+
+def aggregate(name: str, trained: list[Trained], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON entry of one model over its seeds."""
+    config = trained[0].run.config
+    full = interval([r["full"] for r in runs])
+    out: dict[str, Any] = {
+        "mode": "dense" if trained[0].run.is_dense else "organism",
+        "n_sr": 0 if trained[0].run.is_dense else config.train.n_sr,  # the dense control does not self-train
+        "layer_sizes": trained[0].run.sizes,
+        "steps": config.steps,
+        "runs": [str(t.run.run_dir) for t in trained],
+        "seeds": [t.run.config.seed for t in trained],
+        "full": full,
+        "full_values": [r["full"] for r in runs],
+        "training": [r["training"] for r in runs],
+        **_aggregate_part(runs, None, full),
+    }
+    if "sr" in runs[0]:
+        out["sr_sparsity_values"] = [r["sr_set"]["sparsity"] for r in runs]
+        out["pure_counts"] = [r["sr_set"]["pure_count"] for r in runs]
+        out["census"] = [r["census"] for r in runs]
+        out["paper_figure"] = {
+            "full": out["full_values"],
+            "all_srs_zeroed": [r["sr"]["all"] for r in runs],
+            "l1": [r["at"]["own"]["l1"] for r in runs],
+            "magnitude": [r["at"]["own"]["magnitude"] for r in runs],
+            "other_zeroed": [r["sr"]["other"] for r in runs],
+        }
+    if "finetuned" in runs[0]:
+        out["finetuned"] = _aggregate_part(runs, "finetuned", full)
+    return out
+
+
+# --- the study --------------------------------------------------------------------------------------------------------
+
+
+def run_study(sweep_dir: Path, draws: int, finetune_steps: int, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+    """Every model of the sweep, pruned and measured; the JSON document."""
+    models = sweep_models(sweep_dir)
+    trained = {name: [Trained.from_run(load_run(d)) for d in dirs] for name, dirs in models.items()}
+    for name, group in trained.items():
+        if group[0].task.metric_name != "accuracy":
+            raise AnalysisError(f"model {name!r} is on the {group[0].task.name} task: the study measures accuracy")
+    sizes = {name: group[0].run.sizes for name, group in trained.items()}
+    if len({tuple(s) for s in sizes.values()}) > 1:
+        raise AnalysisError(f"the models of {str(sweep_dir)!r} have different layer sizes: {sizes}")
+    # the natural sparsity of every organism model with self-replicators (mean over its seeds)
+    sparsities = {}
+    for name, group in trained.items():
+        if group[0].is_organism:
+            sparsities[name] = float(np.mean([(t.kinds == SELF_REPLICATOR).mean() for t in group]))
+    doc: dict[str, Any] = {"sweep_dir": str(sweep_dir), "compressions": list(COMPRESSIONS), "methods": list(methods),
+                           "draws": draws, "finetune_steps": finetune_steps, "models": {}}  # fmt: skip
+    for name, group in trained.items():
+        runs = [study_run(t, sparsities, draws, finetune_steps, methods) for t in group]
+        doc["models"][name] = aggregate(name, group, runs)
+    doc["split"] = trained[next(iter(trained))][0].task.split_sizes()
+    doc["selection_split"] = "validation"
+    doc["reported_split"] = "test"
+    doc["sr_sparsity"] = sparsities
+    return doc
+
+
+# --- figures ----------------------------------------------------------------------------------------------------------
+
+
+def curves_figure(doc: dict[str, Any], part: str | None, path: Path) -> Path:
+    """Accuracy against compression, one panel per model, a line and 95% band per method, the SR points marked."""
+    names = list(doc["models"])
+    fig, axes = new_figure(cols=len(names), width=4.6, height=3.8)
+    for ax, name in zip(axes[0], names):
+        model = doc["models"][name]
+        data = model[part] if part else model
+        for method in doc["methods"]:
+            points = data["curves"][method]
+            x = [p["compression"] for p in points]
+            mean = np.array([p["mean"] for p in points], dtype=float)
+            lo = np.array([p["lo"] for p in points], dtype=float)
+            hi = np.array([p["hi"] for p in points], dtype=float)
+            ax.plot(x, mean, marker="o", ms=3, color=METHOD_COLORS[method], label=METHOD_LABELS[method])
+            ax.fill_between(x, lo, hi, color=METHOD_COLORS[method], alpha=0.15, lw=0)
+        for key, marker, label in (("sr_point", "*", "all self-replicators"), ("pure_sr_point", "D", "pure SRs")):
+            if key in data and data[key]["mean"] is not None:
+                p = data[key]
+                c = 1.0 / max(1.0 - p["sparsity"], 1e-9)
+                ax.errorbar([c], [p["mean"]], yerr=[[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]], fmt=marker,
+                            color="#1f77b4", ms=9 if marker == "*" else 5, label=label, zorder=5)  # fmt: skip
+        ax.axhline(model["full"]["mean"] - TOLERANCE, color="k", lw=0.6, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(COMPRESSIONS), [str(c) for c in COMPRESSIONS])
+        ax.set_title(f"{name} ({model['full']['n']} seeds)")
+        ax.set_xlabel("compression ratio (connections / kept)")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    title = "after fine-tuning" if part else "without fine-tuning"
+    fig.suptitle(f"Pruning at equal sparsity, {title} (dotted: 1 point below full)")
+    return save_figure(fig, path)
+
+
+def paper_figure(doc: dict[str, Any], path: Path) -> Path | None:
+    """The seed paper's figure: full / all SRs zeroed / L1 / magnitude / `other` zeroed, box plots over seeds."""
+    name = next((n for n, m in doc["models"].items() if "paper_figure" in m and m["n_sr"] > 0), None)
+    if name is None:
+        return None
+    data = doc["models"][name]["paper_figure"]
+    labels = {"full": "full", "all_srs_zeroed": "all SRs\nzeroed", "l1": "L1-pruned\n(as many)",
+              "magnitude": "magnitude\n(as many)", "other_zeroed": "`other`\nzeroed"}  # fmt: skip
+    fig, axes = new_figure(width=6.4, height=3.8)
+    ax = axes[0][0]
+    ax.boxplot([data[k] for k in labels], tick_labels=list(labels.values()))
+    for i, key in enumerate(labels, start=1):
+        ax.scatter(np.full(len(data[key]), i), data[key], s=10, color="#1f77b4", zorder=3)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{name}: particle dropout over {len(data['full'])} seeds")
+    return save_figure(fig, path)
+
+
+# --- study.md ---------------------------------------------------------------------------------------------------------
+
+
+def _ci(s: dict[str, Any] | None) -> str:
+    if not s or s.get("mean") is None:
+        return "n/a"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def answers(doc: dict[str, Any]) -> list[str]:
+    """The four answers, each with its numbers."""
+    models = doc["models"]
+    org = next((n for n, m in models.items() if m["mode"] == "organism" and m["n_sr"] > 0), None)
+    dense = next(n for n, m in models.items() if m["mode"] == "dense")
+    lines = ["## Answers", ""]
+    fulls = ", ".join(f"{n} {_ci(m['full'])}" for n, m in models.items())
+    lines.append(f"1. **Does self-replication cost accuracy?** Full-size test accuracy (mean [95% CI] over seeds): "
+                 f"{fulls}.")  # fmt: skip
+    if org and "organism_no_sr" in models:
+        diff = interval([a - b for a, b in zip(models[org]["full_values"], models["organism_no_sr"]["full_values"])])
+        lines.append(f"   Organism minus no-SR organism, paired by seed: {_ci(diff)}.")
+    if org:
+        m = models[org]
+        s = doc["sr_sparsity"][org]
+        at = m["own_sr_sparsity"]
+        dense_at = models[dense]["at_sr_sparsity"][org]
+        lines.append(
+            f"2. **At the self-replicators' natural sparsity** ({100 * s:.1f}% of the connections of `{org}`): "
+            f"zeroing all SRs {_ci(m['sr_point'])}; on the same model at the same sparsity magnitude "
+            f"{_ci(at.get('magnitude'))}, SNIP {_ci(at.get('snip'))}, random {_ci(at.get('random'))}, contribution "
+            f"{_ci(at.get('contribution'))}, L1 {_ci(at.get('l1'))}; magnitude pruning of the dense control at that "
+            f"sparsity {_ci(dense_at.get('magnitude'))}. Pure SRs only ({100 * m['pure_sr_point']['sparsity']:.1f}%): "
+            f"{_ci(m['pure_sr_point'])}."
+        )
+        c = m["census"]
+        per_layer = "; ".join(
+            f"layer {row['layer']}: {np.mean([x['per_layer'][row['layer']]['self_replicators'] for x in c]):.0f} SRs "
+            f"({np.mean([x['per_layer'][row['layer']]['pure'] for x in c]):.0f} pure) of {row['particles']}"
+            for row in c[0]["per_layer"]
+        )
+
+        def mean(key: str) -> float:
+            values = [x[key] for x in c if x[key] is not None]
+            return float(np.mean(values)) if values else float("nan")
+
+        lines.append(
+            f"3. **Where the SRs sit** (`{org}`, mean over seeds): {per_layer}. First layer: "
+            f"{100 * mean('sr_share_dead'):.1f}% of the {mean('first_layer_dead'):.0f} particles on dead pixels "
+            f"(mean validation intensity < {LIVE_INTENSITY}) are SRs, {100 * mean('sr_share_live'):.1f}% of the "
+            f"{mean('first_layer_live'):.0f} on live pixels ({100 * mean('pure_share_live'):.1f}% pure SRs); mean "
+            f"input of SR-carrying pixels {mean('sr_mean_input'):.4f} vs {mean('all_mean_input'):.4f} over all. "
+            f"Hidden-layer particles with live inputs: {mean('hidden_live'):.0f}, of which "
+            f"{mean('hidden_live_sr'):.1f} SRs and {mean('hidden_live_pure'):.1f} pure SRs."
+        )
+    best = "; ".join(
+        f"{n}: " + ", ".join(f"{METHOD_LABELS[k]} {v}x" for k, v in m["max_compression_within_1pt"].items())
+        for n, m in models.items()
+    )
+    lines.append(f"4. **Largest compression within 1 point** of each model's full accuracy (mean curve): {best}.")
+    return lines
+
+
+def study_markdown(doc: dict[str, Any], figures: list[Path], out: Path) -> str:
+    """study.md: setup, the figures, the table method x compression, the four answers."""
+    split = doc["split"]
+    lines = [
+        "# Pruning study",
+        "",
+        f"Sweep `{doc['sweep_dir']}`. Splits: train {split['train']}, validation {split['validation']}, test "
+        f"{split['test']}; every pruning choice (SNIP gradients, task contributions, the pure set) on validation, "
+        f"every number below on test. Random pruning: {doc['draws']} draws per seed. Mean [95% CI] over seeds.",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.relative_to(out)})" for p in figures] + [""]
+    for part, title in (
+        (None, "without fine-tuning"),
+        ("finetuned", f"after {doc['finetune_steps']} fine-tuning steps"),
+    ):
+        if part and not doc["finetune_steps"]:
+            continue
+        for name, model in doc["models"].items():
+            data = model[part] if part else model
+            lines += [f"## {name} ({model['mode']}, n_sr {model['n_sr']}), {title}", "",
+                      f"Full: {_ci(model['full'])}.", ""]  # fmt: skip
+            rows = [[METHOD_LABELS[m]] + [_ci(p) for p in data["curves"][m]] + [data["max_compression_within_1pt"][m]]
+                    for m in doc["methods"]]  # fmt: skip
+            lines.append(md_table(["method", *[f"{c}x" for c in COMPRESSIONS], "max within 1 pt"], rows))
+            if "sr_point" in data:
+                pure = data["pure_sr_point"]
+                lines += ["", f"All SRs zeroed ({100 * data['sr_point']['sparsity']:.1f}% sparsity): "
+                          f"{_ci(data['sr_point'])}; pure SRs ({100 * pure['sparsity']:.1f}%): {_ci(pure)}; all "
+                          f"`other` zeroed: {_ci(data['other_zeroed'])}."]  # fmt: skip
+            lines.append("")
+    lines += answers(doc)
+    return "\n".join(lines) + "\n"
+
+
+# --- the command line -------------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog=PROG, description="Pruning study over a sweep of organism, no-SR organism and dense models.")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep directory (holds sweep.json)")
+    p.add_argument("--finetune", type=int, default=0, metavar="K", help="also fine-tune K steps with the mask fixed")
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"random draws per seed (>= {MIN_DRAWS})")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to run (default: all)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default SWEEP_DIR/study)")
+    p.add_argument("--json", metavar="FILE", help="also write the JSON to FILE")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """UsageError for a negative --finetune, too few --draws or an unknown method."""
+    if args.finetune < 0:
+        raise UsageError(f"--finetune must be >= 0, got {args.finetune}")
+    if args.draws < MIN_DRAWS:
+        raise UsageError(f"--draws must be >= {MIN_DRAWS}, got {args.draws}")
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown pruning method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+
+
+def action(args: argparse.Namespace) -> list[str]:
+    check_args(args)
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UsageError(f"{str(sweep_dir)!r} is not a directory")
+    doc = run_study(sweep_dir, args.draws, args.finetune, tuple(args.methods.split(",")))
+    out = Path(args.out) if args.out else sweep_dir / "study"
+    figures = [curves_figure(doc, None, out / "study_curves.png")]
+    if args.finetune:
+        figures.append(curves_figure(doc, "finetuned", out / "study_curves_finetuned.png"))
+    paper = paper_figure(doc, out / "study_paper_figure.png")
+    if paper is not None:
+        figures.append(paper)
+    write_json(out / "study.json", doc)
+    (out / "study.md").write_text(study_markdown(doc, figures, out))
+    lines = [f"study: {out / 'study.md'}", *[f"figure: {p}" for p in figures], f"numbers: {out / 'study.json'}"]
+    if args.json:
+        write_json(Path(args.json), doc)
+        lines.append(f"numbers: {args.json}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(PROG, parser(), action, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
