@@ -169,7 +169,7 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     return "\n".join(lines)
 
 
-def per_particle_source(k: int, h: int, pos: np.ndarray) -> str:
+def per_particle_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     """Python source of the per-particle kernels for shape (k, h), straight-line code over one particle's weights read
     in place from the bank `[P, n]` (no block transposition: each reads or updates every weight once):
 
@@ -181,6 +181,7 @@ def per_particle_source(k: int, h: int, pos: np.ndarray) -> str:
       `sim.particles.classify`, branch-free), mean squared self-application residual and effective weight.
     """
     n = k * h + h * h + h
+    B = block
 
     def w1(b: int, c: int) -> str:
         return f"w{b * k + c}"
@@ -230,37 +231,52 @@ def per_particle_source(k: int, h: int, pos: np.ndarray) -> str:
         "",
         "",
         "@numba.njit(parallel=True, cache=True, nogil=True)",
-        "def log_quantities(bank, pos, eps, inv_n, kind, loss, eff):",
+        "def log_quantities(bank, pos, consts, kind, loss, eff, n_chunks):",
         *[f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]],
-        "    zero = eps - eps",
-        "    for p in numba.prange(bank.shape[0]):",
-        *[f"        w{j} = bank[p, {j}]" for j in range(n)],
-        "        finite = " + _tree([f"(w{j} - w{j})" for j in range(n)]) + " == zero  # NaN unless all finite",
-        "        nonzero = " + " | ".join(f"(abs(w{j}) >= eps)" for j in range(n)),
-        *[f"        {line}" for line in t_lines],
-        f"        {effective}",
-        "        eff[p] = a",
+        "    zero, one, two, three, four, eps, inv_n = (consts[0], consts[1], consts[2], consts[3], consts[4],",
+        "                                                consts[5], consts[6])",
+        "    P = bank.shape[0]",
+        f"    n_blocks = (P + {B - 1}) // {B}",
+        "    for chunk in numba.prange(n_chunks):",
+        f"        w = np.empty({(n + 3) * B}, bank.dtype)  # rows: weights, kind, loss, effective weight; [n + 3, B]",
+        "        for blk in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):",
+        f"            s = blk * {B}",
+        f"            m = min({B}, P - s)",
+        f"            for i in range({B}):",
+        f"                for j in range({n}):",
+        f"                    w[j * {B} + i] = bank[s + i, j] if i < m else zero",
+        f"            for i in range({B}):",
     ]
-    lines += [f"        v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
+    body = [f"w{j} = w[{j * B} + i]" for j in range(n)]
+    body += [
+        "finite = " + _tree([f"(w{j} - w{j})" for j in range(n)]) + " == zero  # NaN unless all finite",
+        "nonzero = " + " | ".join(f"(abs(w{j}) >= eps)" for j in range(n)),
+        *t_lines,
+        effective,
+    ]
+    body += [f"v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
     for j in range(n):
         shift = _tree([f"v{d + 1} * p{d}_{j}" for d in range(3) if j in nonzero[d]])
-        lines += [f"        s{j} = {shift}", f"        r{j} = (w{j} * v0 + s{j}) - w{j}"]
-    lines += [
-        "        once = " + " & ".join(f"(abs(r{j}) < eps)" for j in range(n)),
-        "        once_finite = " + _tree([f"(r{j} - r{j})" for j in range(n)]) + " == zero",
+        body += [f"s{j} = {shift}", f"r{j} = (w{j} * v0 + s{j}) - w{j}"]
+    body += [
+        "once = " + " & ".join(f"(abs(r{j}) < eps)" for j in range(n)),
+        "once_finite = " + _tree([f"(r{j} - r{j})" for j in range(n)]) + " == zero",
         # applied twice: p(c'_j) with c' built from w' = p(c): (w_j v0 + s_j) v0 + s_j
-        "        twice = " + " & ".join(f"(abs(((w{j} * v0 + s{j}) * v0 + s{j}) - w{j}) < eps)" for j in range(n)),
-        "        loss[p] = " + _tree([f"r{j} * r{j}" for j in range(n)]) + " * inv_n",
-        "        if not finite:",
-        "            kind[p] = 0  # divergent",
-        "        elif not nonzero:",
-        "            kind[p] = 1  # zero",
-        "        elif once:",
-        "            kind[p] = 2  # self_replicator",
-        "        elif once_finite and twice:",
-        "            kind[p] = 3  # self_replicator_2nd",
-        "        else:",
-        "            kind[p] = 4  # other",
+        "twice = " + " & ".join(f"(abs(((w{j} * v0 + s{j}) * v0 + s{j}) - w{j}) < eps)" for j in range(n)),
+        # first match wins: divergent 0, zero 1, self_replicator 2, self_replicator_2nd 3, other 4
+        "code = four if not (once_finite & twice) else three",
+        "code = two if once else code",
+        "code = one if not nonzero else code",
+        f"w[{n * B} + i] = zero if not finite else code",
+        f"w[{(n + 1) * B} + i] = " + _tree([f"r{j} * r{j}" for j in range(n)]) + " * inv_n",
+        f"w[{(n + 2) * B} + i] = a",
+    ]
+    lines += [f"                {line}" for line in body]
+    lines += [
+        "            for i in range(m):",
+        f"                kind[s + i] = np.int8(w[{n * B} + i])",
+        f"                loss[s + i] = w[{(n + 1) * B} + i]",
+        f"                eff[s + i] = w[{(n + 2) * B} + i]",
         "",
     ]
     return "\n".join(lines)
@@ -340,7 +356,7 @@ def log_quantities(
     kind = np.empty(P, dtype=np.int8)
     loss = np.empty(P, dtype=weights.dtype)
     eff = np.empty(P, dtype=weights.dtype)
-    dtype = weights.dtype.type
     pos = np.ascontiguousarray(pos, dtype=weights.dtype)
-    _shape_kernels(k, h).log_quantities(weights, pos, dtype(eps), dtype(1.0 / weights.shape[1]), kind, loss, eff)
+    consts = np.array([0, 1, 2, 3, 4, eps, 1.0 / weights.shape[1]], dtype=weights.dtype)
+    _shape_kernels(k, h).log_quantities(weights, pos, consts, kind, loss, eff, _chunks(-(-P // SR_BLOCK)))
     return kind, loss, eff
