@@ -234,7 +234,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     for ax in axes[0]:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("noise scale s (uniform in [-s, s])")
-    fig.suptitle(f"{run.name}: noise robustness of the {numbers['n_self_replicators']} final "
+    fig.suptitle(f"Noise robustness of the {numbers['n_self_replicators']} final "
                  f"{KIND_LABELS['self_replicator']}s (step {numbers['final_step']}), {numbers['repeats']} noisy "
                  f"copies each, self-applied up to {cap} times")  # fmt: skip
     return save_figure(fig, path)

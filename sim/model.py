@@ -198,7 +198,7 @@ class ParticleModel(mesa.Model):
         train accuracy 0.85: now 0.71", the running train metric of the last log interval); None once it runs."""
         if self.sr_active or not self.summary:
             return None
-        name = {"accuracy": "accuracy", "mae": "MAE"}.get(self.task.metric_name, self.task.metric_name)
+        name = self.task.metric_info.short
         return (
             f"self-training starts at train {name} {self._gate_threshold():.3g}: now {self.summary['train_metric']:.3g}"
         )

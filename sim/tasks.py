@@ -48,10 +48,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Metric:
-    """A task metric as the record names it (`metric_name`), in words for sentences and axes, which way is better and
-    the largest value it can take."""
+    """A task metric: its name in the record (`metric_name`), a short name and words for sentences and axes, which way
+    is better and the largest value it can take."""
 
     name: str
+    short: str  # "MAE", for a progress line
     words: str  # "held-out accuracy"
     higher_is_better: bool
     upper: float | None  # accuracy: 1; None: unbounded (the smallest value is 0 for every metric)
@@ -220,13 +221,15 @@ class TaskEntry:
     gate_threshold: float
 
 
+ACCURACY = Metric("accuracy", "accuracy", "held-out accuracy", True, 1.0)
+MAE = Metric("mae", "MAE", "held-out MAE", False, None)
 # The tasks: the config's `task.name` choices, their defaults and the metrics a record can name all come from here.
 TASK_TABLE = {
     entry.name: entry
     for entry in (
-        TaskEntry("mnist", _mnist, Metric("accuracy", "held-out accuracy", True, 1.0), width=5, hidden=5,
+        TaskEntry("mnist", _mnist, ACCURACY, width=5, hidden=5,
                   batch_size=2000, gate_threshold=0.85),
-        TaskEntry("arithmetic", _arithmetic, Metric("mae", "held-out MAE", False, None), width=3, hidden=3,
+        TaskEntry("arithmetic", _arithmetic, MAE, width=3, hidden=3,
                   batch_size=50, gate_threshold=0.0),
     )
 }  # fmt: skip

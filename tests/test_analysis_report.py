@@ -114,6 +114,7 @@ def test_pruning_json_of_the_report_equals_the_script(single, tmp_path):
     assert json.loads(path.read_text()) == json.loads((out / "pruning.json").read_text())
 
 
+@pytest.mark.slow  # whole reports over several runs
 def test_several_runs_aggregate_mean_sd_and_t_interval(seed_runs, tmp_path, capsys):
     assert report.main([*map(str, seed_runs), *DRAWS]) == 2
     assert "need --out" in capsys.readouterr().err
@@ -165,6 +166,7 @@ def test_bands_against_numpy():
     assert np.all(glo > 0) and np.all(glo < gmean) and np.all(gmean < ghi)
 
 
+@pytest.mark.slow  # whole reports over several runs
 def test_sweep_directory(seed_runs, tmp_path):
     sweep = tmp_path / "sweep"
     entries = []
@@ -287,6 +289,7 @@ def test_bad_report_options(arithmetic_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_report_on_a_record_being_written(tmp_path):
     out = tmp_path / "live"
     command = [sys.executable, "-m", "sim.run", "--quiet", "--task", "arithmetic", "--steps", "1000000", "--out",

@@ -43,8 +43,19 @@ def test_organism_numbers_match_numpy(arithmetic_run, tmp_path):
         by_hand = [sum(np.linalg.norm(snapshots[s + 1, p].astype(np.float64) - snapshots[s, p])
                        for s in range(len(snapshots) - 1)) for p in ids]  # fmt: skip
         assert mean == pytest.approx(np.mean(by_hand), rel=1e-6)
+    # the distance to the final weights, by hand: median per final kind at every snapshot
+    for kind, median in numbers["distance_to_final"].items():
+        ids = np.flatnonzero(kinds == kind)
+        by_hand = np.median(np.linalg.norm(snapshots[:, ids].astype(np.float64) - snapshots[-1, ids], axis=2), axis=1)
+        np.testing.assert_allclose(median, by_hand, rtol=1e-6)
+        assert median[-1] == 0
+    # the PCA panel is drawn only for the layers whose two components explain at least half of the variance
+    drawn = [i for i, e in numbers["layers"].items() if e["explained_variance_2d"] >= 0.5]
+    assert numbers["pca_drawn"] == drawn
     names = {p.name for p in out.glob("*.png")}
-    assert names == {"trajectories_2d.png", "trajectories_3d.png", "trajectories_movement.png"}
+    assert names == {"trajectories_distance.png", "trajectories_movement.png"} | (
+        {"trajectories_2d.png"} if drawn else set()
+    )
     pngs_exist(sorted(out.glob("*.png")))
 
 

@@ -7,6 +7,7 @@ import math
 
 import mesa
 import pytest
+from helpers import finish
 
 import sim.model
 from sim.config import ConfigError, build_config, keyword_key
@@ -14,12 +15,6 @@ from sim.model import REPORTERS, OrganismModel
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
 from sim.soup import SoupModel
-
-
-def finish(model: sim.model.ParticleModel) -> sim.model.ParticleModel:
-    while model.running:
-        model.step()
-    return model
 
 
 def test_batch_run_rows_carry_the_logged_numbers_of_each_point():

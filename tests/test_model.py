@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import arithmetic
 
 from sim.agents import ParticleAgent
 from sim.config import build_config
@@ -10,10 +11,6 @@ from sim.model import OrganismModel
 from sim.particles import sr_loss
 from sim.record import open_record, read_group
 from sim.soup import SoupModel
-
-
-def arithmetic(**overrides):
-    return build_config(overrides=[("task.name", "arithmetic"), *overrides.items()])
 
 
 def test_one_agent_per_particle_on_the_particle_graph():

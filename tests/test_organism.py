@@ -5,20 +5,16 @@ from __future__ import annotations
 import pytest
 import reference
 import torch
+from helpers import assert_matches, random_bank
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.organism import Organism
-from sim.particles import ParticleSpec, init_weights
+from sim.particles import ParticleSpec
 from sim.topology import layer_sizes, particle_table
 
 ARITHMETIC = [2, 3, 3, 1]
 MNIST = [225, 5, 5, 10]
-
-
-def random_bank(n_particles: int, spec: ParticleSpec, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Fresh Xavier weights `[P, n]`, doubled so that nonlinear particles leave tanh's linear range."""
-    return 2.0 * init_weights(n_particles, spec, torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def random_inputs(batch: int, d_in: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -46,16 +42,6 @@ def forward_and_grad(
     return out.detach(), weights.grad
 
 
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """float64 to 1e-10; float32 to 1e-5 relative to the largest expected magnitude."""
-    actual, expected = actual.to(torch.float64), expected.to(torch.float64)
-    if dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    else:
-        scale = max(float(expected.abs().max()), 1e-3)
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     ("sizes", "particle_activation", "organism_activation", "path"),
@@ -65,6 +51,9 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dt
         ([3, 2, 4, 2], "none", "tanh", "fast"),
         ([3, 2, 4, 2], "tanh", "none", "general"),
         ([3, 2, 4, 2], "tanh", "relu", "auto"),
+        ([3, 2, 4, 2], "sigmoid", "leaky_relu", "general"),
+        ([3, 2, 4, 2], "leaky_relu", "sigmoid", "auto"),
+        ([3, 2, 4, 2], "none", "sigmoid", "fast"),
     ],
 )
 def test_forward_and_gradient_match_the_reference(sizes, particle_activation, organism_activation, path, dtype):

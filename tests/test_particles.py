@@ -7,6 +7,7 @@ import warnings
 import pytest
 import reference
 import torch
+from helpers import assert_matches, random_bank, references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,32 +33,13 @@ from sim.particles import (
 DTYPES = [torch.float64, torch.float32]
 
 
+def test_every_activation_has_a_reference():
+    assert set(reference.ACTIVATIONS) == set(particles.ACTIVATIONS)
+
+
 def f64(values: list) -> torch.Tensor:
     """Reference results as a float64 tensor."""
     return torch.tensor(values, dtype=torch.float64)
-
-
-def random_bank(n_particles: int, spec: ParticleSpec, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Fresh Xavier weights `[P, n]`, scaled up so that the nonlinear particles leave tanh's linear range."""
-    generator = torch.Generator().manual_seed(seed)
-    return 2.0 * init_weights(n_particles, spec, generator, dtype=dtype)
-
-
-def references(bank: torch.Tensor, spec: ParticleSpec) -> list[reference.ReferenceParticle]:
-    """One float64 reference module per bank row (float32 rows convert exactly)."""
-    k, h = spec.weight_interface, spec.hidden
-    return [reference.ReferenceParticle.from_row(row.double(), k, h, spec.activation) for row in bank]
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """float64 to 1e-10; float32 to 1e-5 relative to the largest expected magnitude."""
-    expected = expected.to(torch.float64)
-    actual = actual.detach().to(torch.float64)
-    if dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    else:
-        scale = float(expected.abs().max()) if expected.numel() else 1.0
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * max(scale, 1e-3))
 
 
 def constructed(
@@ -90,7 +72,7 @@ def test_coordinates_match_the_reference_rows(k, h):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_self_application_matches_the_reference(dtype, activation):
     spec = ParticleSpec(5, 4, activation)
     bank = random_bank(6, spec, dtype, seed=1)
@@ -114,7 +96,7 @@ def test_attack_evaluates_the_targets_coordinates_with_the_attackers_network(dty
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_sr_loss_and_its_gradient_match_the_reference(dtype, activation):
     spec = ParticleSpec(5, 5, activation)
     bank = random_bank(5, spec, dtype, seed=4).requires_grad_(True)
@@ -141,7 +123,7 @@ def test_sr_loss_gradient_is_not_the_gradient_through_inputs_and_targets():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_effective_weights_and_their_gradient_match_the_reference(dtype, activation):
     spec = ParticleSpec(5, 3, activation)
     bank = random_bank(7, spec, dtype, seed=6).requires_grad_(True)
