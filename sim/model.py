@@ -31,6 +31,7 @@ from sim.particles import (
     classify,
     effective_weights,
     init_weights,
+    kernel_effective_weights,
     log_quantities,
     sr_loss,
     sr_train_,
@@ -208,9 +209,8 @@ class ParticleModel(mesa.Model):
         nan = torch.full((), float("nan"), device=self.device)
         return nan, nan
 
-    def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
-        """The task metric on held-out data (NaN without a task); `effective` `[P]`: the effective weights of the
-        bank, when the caller has them already (used where they drive the forward: linear particles)."""
+    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
+        """The task metric on held-out data (NaN without a task)."""
         return float("nan")
 
     def _topology(self) -> dict[str, np.ndarray]:
@@ -278,7 +278,7 @@ class ParticleModel(mesa.Model):
         """Classify, log per-particle state, update the train-task-first gate, flush the record."""
         with torch.no_grad():
             kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
-        held_out = self.held_out_metric(effective=effective)
+        held_out = self.held_out_metric()
         running = float(self._metric_sum) / max(self._metric_count, 1)
         self._metric_sum.zero_()
         self._metric_count = 0
@@ -414,11 +414,12 @@ class OrganismModel(ParticleModel):
         return loss, self.task.metric(output, y)
 
     @torch.no_grad()
-    def held_out_metric(self, weights: torch.Tensor | None = None, effective: torch.Tensor | None = None) -> float:
-        if effective is not None and self.spec.linear and isinstance(self.organism, Organism):
-            output = self.organism.forward_effective(effective, self.task.test_x)  # the log's effective weights
+    def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
+        weights = self.weights.detach() if weights is None else weights
+        if isinstance(self.organism, Organism) and uses_kernels(weights, self.spec):
+            output = self.organism.forward_effective(kernel_effective_weights(weights, self.spec), self.task.test_x)
         else:
-            output = self.organism.forward(self.weights.detach() if weights is None else weights, self.task.test_x)
+            output = self.organism.forward(weights, self.task.test_x)
         return float(self.task.metric(output, self.task.test_y))
 
     def _topology(self) -> dict[str, np.ndarray]:
