@@ -34,6 +34,7 @@ from analysis.run_report import (
     pure_justification,
     report_run,
     sr_contributions,
+    tolerance_label,
 )
 from sim.tasks import METRICS
 
@@ -206,8 +207,8 @@ def group_findings(run: Run, reports: list[RunReport], agg: dict[str, Any]) -> l
     g = agg.get
     out.append(
         f"Dropping all self-replicators: {words} {_mean_sentence(g('pruning.equal_sparsity.self_replicators'))}"
-        f" vs {_mean_sentence(g('pruning.metric_full'))} full; within 1% of the full organism in "
-        f"{count('self_replicators')} of {len(pruned)} runs."
+        f" vs {_mean_sentence(g('pruning.metric_full'))} full (metrics in float64); {tolerance_label(pruned[0])} of "
+        f"the full organism in {count('self_replicators')} of {len(pruned)} runs."
     )
     out.append(
         f"Pure self-replicators: {_mean_sentence(g('pruning.equal_sparsity.pure_count'))}; dropping only them: "

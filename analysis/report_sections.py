@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.common import KIND_LABELS, Run
 from analysis.report_format import fmt, interval, md_table, metric_words, percent, table
+from analysis.robustness import findings as stability_findings
 
 Findings = Callable[[Run, dict[str, Any]], list[str]]
 Body = Callable[[Run, dict[str, Any], Path], list[str]]
@@ -171,7 +172,7 @@ def robustness_findings(run: Run, n: dict[str, Any]) -> list[str]:
         median = worst["sr_steps"]["median"] if worst["sr_steps"] else None
         out.append(f"At noise {fmt(worst['noise'])} the median copy stops being a self-replicator after "
                    f"{fmt(median)} self-applications; they end as {ends}.")  # fmt: skip
-    return out
+    return out + stability_findings(n)
 
 
 def robustness_body(run: Run, n: dict[str, Any], out: Path) -> list[str]:

@@ -9,8 +9,9 @@ Reads the weight snapshots `/snapshots/weights [S, P, n]` and draws:
   principal components of a layer (numpy SVD of the centred rows of all its snapshots), drawn when those two explain
   at least `PCA_MIN_VARIANCE` (50%) of the variance. Below that a 2-D projection is a structureless cloud; the numbers
   and the report then say so instead.
-Divergent particles (non-finite weights in some snapshot) are left out and counted. Snapshots start at the first
-`snapshot_every` step: the initial weights are not in the record.
+Divergent particles (non-finite weights in some snapshot) are left out and counted. Snapshots start with the initial
+weights (step 0); a run of 0 steps has that one snapshot, which gives the numbers and, where it explains enough, the
+PCA panel, but no distance or movement (they need two snapshots).
 
 Numbers: explained variance ratios of the leading components per layer, the mean path length (summed distance between
 consecutive snapshots) and the median distance to the final weights per snapshot and final kind, the first snapshot
@@ -92,7 +93,7 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     figures into `out_dir`."""
     run.require_particles("weight trajectories coloured by kind")
     check_options(args)
-    run.require_rows("snapshots", 2, "weight trajectories")
+    run.require_rows("snapshots", 1, "weight trajectories")
     snapshots = run.snapshots()  # [S, P, n]
     kinds = run.final_kinds()  # [P]
     names = run.kind_names
@@ -141,7 +142,7 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     numbers["movement_per_step_last"] = {
         names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
         for code in np.unique(kinds)
-        if ((kinds == code) & finite).any()
+        if len(speed) and ((kinds == code) & finite).any()
     }
     distance = np.linalg.norm(snapshots.astype(np.float64) - snapshots[-1:].astype(np.float64), axis=2)  # [S, P]
     numbers["distance_to_final"] = {}
@@ -158,10 +159,12 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     numbers["pca_min_variance"] = PCA_MIN_VARIANCE
     numbers["pca_drawn"] = ["all" if p["layer"] is None else str(p["layer"]) for p in shown]
     present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]
-    figures = [
-        _distance_figure(run, panels, distance, kinds, present, out_dir / "trajectories_distance.png"),
-        _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
-    ]
+    figures = []
+    if len(speed):  # distance and movement need two snapshots
+        figures += [
+            _distance_figure(run, panels, distance, kinds, present, out_dir / "trajectories_distance.png"),
+            _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
+        ]
     if shown:
         figures.append(_figure(run, shown, present, out_dir / "trajectories_2d.png"))
     return Result(numbers, figures)

@@ -89,9 +89,14 @@ def test_non_finite_particles_are_left_out_and_counted(arithmetic_run, tmp_path)
                                rtol=1e-4)  # fmt: skip
 
 
-def test_fewer_than_two_snapshots_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
-    copy = edited_copy(arithmetic_run, tmp_path / "run", truncate("snapshots", 1))
-    one_line_error(capsys, main, [str(copy), "--out", str(tmp_path / "out")], "snapshots", "at least 2")
+def test_one_snapshot_gives_points_and_none_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
+    copy = edited_copy(arithmetic_run, tmp_path / "one", truncate("snapshots", 1))
+    numbers, out = run_cli(main, copy, tmp_path / "one-out")
+    assert numbers["n_snapshots"] == 1 and numbers["movement_per_step_last"] == {}
+    assert set(numbers["path_length"].values()) == {0.0}  # a single point has no length
+    assert not {p.name for p in out.glob("*.png")} & {"trajectories_distance.png", "trajectories_movement.png"}
+    copy = edited_copy(arithmetic_run, tmp_path / "none", truncate("snapshots", 0))
+    one_line_error(capsys, main, [str(copy), "--out", str(tmp_path / "out")], "snapshots", "at least 1")
 
 
 def test_bad_max_lines_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
