@@ -171,12 +171,13 @@ class Run:
 
     @cached_property
     def task(self) -> Task:
-        """The run's task on the CPU, with the same splits as in training."""
+        """The run's task on the CPU in float64, with the same splits as in training (the data convert exactly: MNIST
+        pixels are float32, the arithmetic sets are drawn in float64)."""
         if not self.is_dense:
             self.require_organism("the task")
         try:
             t = self.config.task
-            return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side)
+            return make_task(t.name, self.config.seed, "cpu", torch.float64, t.data_dir, t.image_side, t.resize)
         except DataError as exc:
             raise AnalysisError(f"cannot rebuild the task of {str(self.run_dir)!r}: {exc}") from None
 
@@ -188,9 +189,20 @@ class Run:
 
     @torch.no_grad()
     def held_out(self, weights: torch.Tensor) -> float:
-        """The task metric of the organism with bank `weights [P, n]` on the held-out set."""
-        output = self.organism.forward(weights, self.task.test_x)
+        """The task metric of the organism with bank `weights [P, n]` on the held-out set, evaluated in float64 on a
+        float64 copy of the weights, so that the number does not depend on the rounding of the run's dtype."""
+        output = self.organism.forward(weights.double(), self.task.test_x)
         return float(self.task.metric(output, self.task.test_y))
+
+    @cached_property
+    def metric_floor(self) -> float:
+        """How far rounding in the run's own dtype can move its task metric: for MAE, eps(dtype) x mean |held-out
+        target| (one output of that size rounded to the dtype moves by about that much: 1.3e-7 for the float32
+        arithmetic task); accuracy counts whole samples and has no float floor (0). Comparisons that ask whether
+        two metrics differ ("within 1%") never count a difference below this floor."""
+        if self.task.metric_name != "mae":
+            return 0.0
+        return float(torch.finfo(self.dtype).eps * self.task.test_y.abs().mean())
 
     @cached_property
     def chance(self) -> float | None:
@@ -246,6 +258,7 @@ class Contributions:
 def task_contributions(run: Run, weights: torch.Tensor) -> Contributions:
     """Per-particle task contributions of bank `weights [P, n]` on the run's held-out inputs."""
     organism, spec = run.organism, run.spec
+    weights = weights.double()  # the held-out data are float64
     inputs: list[torch.Tensor] = []
     organism.forward(weights, run.task.test_x, layer_inputs=inputs)
     source, target, layer_of = run.topology["source"], run.topology["target"], run.topology["layer"]

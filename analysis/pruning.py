@@ -12,9 +12,11 @@ set, the same split as in training. Pruning a particle means zeroing its weight 
 - Task contribution of every particle (`analysis.common.task_contributions`) and, for organisms of at most
   `--exact-max` particles, the exact metric change when that particle alone is zeroed.
 
-"Within 1%" means the pruned metric is at most 1% (relative) worse than the full organism's: accuracy >= 0.99 x full,
-MAE <= 1.01 x full. Figures: pruning_dropout.png, pruning_equal_sparsity.png, pruning_curve.png,
-pruning_contribution.png.
+Every metric is evaluated in float64 on a float64 copy of the weights (`Run.held_out`). "Within 1%" means the pruned
+metric is at most 1% (relative) worse than the full organism's, or, where 1% of it is smaller, at most the float floor
+`Run.metric_floor` worse (the rounding of the run's dtype: 1.3e-7 of MAE for the float32 arithmetic task; 0 for
+accuracy): accuracy >= full - max(0.01 full, floor), MAE <= full + max(0.01 full, floor).
+Figures: pruning_dropout.png, pruning_equal_sparsity.png, pruning_curve.png, pruning_contribution.png.
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ def zeroed(weights: torch.Tensor, ids: np.ndarray | list[int]) -> torch.Tensor:
     return out
 
 
-def within_tolerance(metric: float, full: float, higher_is_better: bool, tolerance: float = TOLERANCE) -> bool:
-    """Whether `metric` is at most `tolerance` (relative) worse than the full organism's `full`."""
+def within_tolerance(
+    metric: float, full: float, higher_is_better: bool, tolerance: float = TOLERANCE, floor: float = 0.0
+) -> bool:
+    """Whether `metric` is at most `tolerance` (relative) worse than the full organism's `full`, or at most `floor`
+    (absolute, the float floor of the metric) worse where that is the larger margin."""
+    margin = max(tolerance * abs(full), floor)
     if higher_is_better:
-        return bool(metric >= full - tolerance * abs(full))
-    return bool(metric <= full + tolerance * abs(full))
+        return bool(metric >= full - margin)
+    return bool(metric <= full + margin)
 
 
 def baseline_orders(run: Run, weights: torch.Tensor, relative_contribution: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,10 +153,11 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     equal_pure["pure_self_replicators"] = run.held_out(zeroed(weights, pure))
     equal.update(pure_self_replicators=equal_pure["pure_self_replicators"], pure_count=len(pure),
                  pure_fraction=len(pure) / n)  # fmt: skip
+    floor = run.metric_floor
     within = {
-        "equal_sparsity": {s: within_tolerance(equal[s], full, better_up) for s in STRATEGIES},
+        "equal_sparsity": {s: within_tolerance(equal[s], full, better_up, floor=floor) for s in STRATEGIES},
         "equal_sparsity_pure": {
-            s: within_tolerance(equal_pure[s], full, better_up)
+            s: within_tolerance(equal_pure[s], full, better_up, floor=floor)
             for s in ("pure_self_replicators", *BASELINES, "random_mean")
         },
     }
@@ -188,6 +195,9 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         "pure_threshold": args.threshold,
         "random_draws": args.draws,
         "tolerance": TOLERANCE,
+        "metric_floor": floor,
+        "metric_dtype": "float64",
+        "run_dtype": run.config.dtype,
         "dropout": dropout,
         "equal_sparsity": equal,
         "equal_sparsity_pure": equal_pure,

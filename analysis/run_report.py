@@ -349,7 +349,7 @@ def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
     if "self_replicator" in drop:
         out.append(
             f"Dropping all {drop['self_replicator']['count']} self-replicators leaves the {words} at "
-            f"{fmt(eq['self_replicators'])} vs {fmt(full)} full (within 1%: "
+            f"{fmt(eq['self_replicators'])} vs {fmt(full)} full, both in float64 ({tolerance_label(n)}: "
             f"{yes(within['equal_sparsity']['self_replicators'])})."
         )
     else:
@@ -360,7 +360,7 @@ def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
     replicators = drop.get("self_replicator", {}).get("count", 0)
     out.append(
         f"Pure self-replicators (relative task contribution < {n['pure_threshold']:g}): {eq['pure_count']} of "
-        f"{replicators}; dropping them leaves {fmt(eqp['pure_self_replicators'])} (within 1%: "
+        f"{replicators}; dropping them leaves {fmt(eqp['pure_self_replicators'])} ({tolerance_label(n)}: "
         f"{yes(within['equal_sparsity_pure']['pure_self_replicators'])})."
     )
     if eq["count"] > 0:
@@ -392,10 +392,29 @@ def largest_safe_threshold(n: dict[str, Any]) -> float | None:
     scan = n["threshold_scan"]
     safe = None
     for threshold, metric in zip(scan["threshold"], scan["metric"]):
-        if not within_tolerance(metric, n["metric_full"], n["higher_is_better"], n["tolerance"]):
+        if not within_tolerance(metric, n["metric_full"], n["higher_is_better"], n["tolerance"], _floor(n)):
             break
         safe = threshold
     return safe
+
+
+def _floor(n: dict[str, Any]) -> float:
+    return float(n.get("metric_floor", 0.0))
+
+
+def tolerance_label(n: dict[str, Any]) -> str:
+    """ "within 1%", with the float floor where there is one."""
+    floor = _floor(n)
+    return f"within 1% or the {n.get('run_dtype', 'float32')} floor {floor:.2g}" if floor else "within 1%"
+
+
+def floor_words(n: dict[str, Any]) -> str:
+    """The float floor of a pruning result's "within 1%" comparisons, in words."""
+    floor = _floor(n)
+    if floor == 0:
+        return "with no float floor (accuracy counts whole samples)"
+    return (f"or at most the {n.get('run_dtype', 'float32')} floor {floor:.2g} worse where 1% is less (differences "
+            f"below it are rounding of the run's dtype)")  # fmt: skip
 
 
 def pure_justification(threshold: float) -> str:
@@ -407,12 +426,13 @@ def _pruning_markdown(run: Run, n: dict[str, Any]) -> list[str]:
     within = n["within_tolerance"]
     lines = [
         f"Full organism: {metric_words(run)} {fmt(full)} (final weights from the {n['weights_source']}, step "
-        f"{n['final_step']}). *Within 1%* means at most 1% (relative) worse than the full organism.\n",
+        f"{n['final_step']}; every metric evaluated in float64). *Within 1%* means at most 1% (relative) worse than "
+        f"the full organism, {floor_words(n)}.\n",
         "### Particle dropout\n",
     ]
     rows = []
     for kind, d in n["dropout"].items():
-        ok = within_tolerance(d["metric"], full, n["higher_is_better"], n["tolerance"])
+        ok = within_tolerance(d["metric"], full, n["higher_is_better"], n["tolerance"], _floor(n))
         rows.append([KIND_LABELS.get(kind, kind), d["count"], d["metric"], d["metric"] - full, yes(ok)])
     lines.append(md_table(["kind zeroed", "count", "metric", "change vs full", "within 1%"], rows))
     lines.append("### Pruning at equal sparsity\n")

@@ -24,15 +24,18 @@ from mesa.discrete_space import Network
 from sim.agents import ParticleAgent
 from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import (
     KIND_NAMES,
     ParticleSpec,
     classify,
     effective_weights,
     init_weights,
+    kernel_effective_weights,
+    log_quantities,
     sr_loss,
     sr_train_,
+    uses_kernels,
 )
 from sim.record import (
     CHECKPOINT_NAME,
@@ -44,10 +47,13 @@ from sim.record import (
     save_checkpoint,
 )
 from sim.tasks import make_task
-from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
+from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_graph_size, particle_table
 
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
+# the record holds the particle graph's edges up to this many; a larger graph is built only when events or agents
+# need it, and the record's `/topology/edges` is empty then (784-32-32-10 already has 11 M)
+RECORD_EDGES_LIMIT = 2_000_000
 
 
 class LogCollector(mesa.DataCollector):
@@ -120,6 +126,9 @@ class ParticleModel(mesa.Model):
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
+        # the gate's own accumulator: its window is `train.task_first_window` steps, whatever the record settings
+        self._gate_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._gate_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
         self.datacollector = LogCollector(model_reporters=REPORTERS)
 
@@ -131,6 +140,10 @@ class ParticleModel(mesa.Model):
                 self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.weights.shape[1],
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
+            if not resume:
+                # the initial state is step 0: a run of 0 steps is a complete record of it
+                self._log(0)
+                self._snapshot(0)
 
     @property
     def n_particles(self) -> int:
@@ -182,6 +195,8 @@ class ParticleModel(mesa.Model):
 
     def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        if uses_kernels(weights, self.spec):  # all three in one pass over the bank
+            return log_quantities(weights, self.spec)
         return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
 
     def _gate_threshold(self) -> float:
@@ -215,12 +230,6 @@ class ParticleModel(mesa.Model):
         return {"task": "none", "metric_name": "none", "layer_sizes": "[]"}
 
     # --- one simulation step -----------------------------------------------------------------------------------------
-    def _sgd(self, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float) -> None:
-        """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
-        with torch.no_grad():
-            momentum_buffer.mul_(self.config.train.momentum).add_(grad)
-            self.weights.add_(momentum_buffer, alpha=-lr)
-
     def _self_train(self) -> torch.Tensor:
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
@@ -247,13 +256,16 @@ class ParticleModel(mesa.Model):
         """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
+        sr_active = self.sr_active  # the gate may open during this step, for the next
         task_loss, metric, mean_sr = self.train_step()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
+        if not self.sr_active:
+            self._update_gate(step, metric.detach())
         events = self._events()
         self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
-            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
+            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
             self.record.add_events(step, events)
         last = step >= self.config.steps
@@ -274,22 +286,36 @@ class ParticleModel(mesa.Model):
             self.weights, self.spec, indptr, indices, self.rates, self.generator, self.event_params
         )
 
+    def _update_gate(self, step: int, metric: torch.Tensor) -> None:
+        """The train-task-first gate (docs/science.md §4): at every step that is a multiple of
+        `train.task_first_window`, it opens for good if the mean train metric of the window's steps reached the
+        threshold. It reads nothing of the record settings, so logging cannot move it; the host reads the metric
+        once per window."""
+        self._gate_sum += metric.double()
+        self._gate_count += 1
+        if step % self.config.train.task_first_window:
+            return
+        mean = float(self._gate_sum) / self._gate_count
+        self._gate_sum.zero_()
+        self._gate_count = 0
+        self.sr_active = self.task.gate_open(mean, self._gate_threshold())
+
     def _log(self, step: int) -> None:
-        """Classify, log per-particle state, update the train-task-first gate, flush the record."""
+        """Classify, log per-particle state, flush the record."""
         with torch.no_grad():
             kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
-        running = float(self._metric_sum) / max(self._metric_count, 1)
+        # the mean train metric since the last log (NaN at step 0, before any training)
+        running = float(self._metric_sum) / self._metric_count if self._metric_count else float("nan")
         self._metric_sum.zero_()
         self._metric_count = 0
-        if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
-            self.sr_active = True
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active,
                         "event_counts": dict(zip(EVENT_NAMES, self.event_counts.tolist()))}  # fmt: skip
-        self.datacollector.collect(self)
+        if step > 0:  # the collector's entry i is step i + 1 (Mesa's layout); the initial state lives in the record
+            self.datacollector.collect(self)
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
@@ -319,6 +345,8 @@ class ParticleModel(mesa.Model):
             "event_counts": self.event_counts.cpu().clone(),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
+            "gate_sum": float(self._gate_sum),
+            "gate_count": self._gate_count,
             "record_rows": self.record.rows() if self.record is not None else {},
         }
 
@@ -340,6 +368,8 @@ class ParticleModel(mesa.Model):
             self.event_counts.copy_(state["event_counts"].to(self.device))
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
+        self._gate_sum.fill_(state["gate_sum"])
+        self._gate_count = state["gate_count"]
         self.steps = state["step"]
         return state["record_rows"]
 
@@ -392,7 +422,7 @@ class OrganismModel(ParticleModel):
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
         t = config.task
-        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
+        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side, t.resize)
         o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
         self.organism = self._network(config, config.particle.spec())
@@ -410,19 +440,30 @@ class OrganismModel(ParticleModel):
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
-        output = self.organism.forward(self.weights, x)
-        loss = self.task.loss(output, y)
-        (grad,) = torch.autograd.grad(loss, self.weights)
-        self._sgd(grad, self.task_momentum, self.config.train.lr)
-        return loss.detach(), self.task.metric(output.detach(), y)
+        train = self.config.train
+        loss, output = sgd_step_(
+            self.organism, self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr,
+            train.momentum,
+        )  # fmt: skip
+        return loss, self.task.metric(output, y)
 
     @torch.no_grad()
     def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
         weights = self.weights.detach() if weights is None else weights
-        return float(self.task.metric(self.organism.forward(weights, self.task.test_x), self.task.test_y))
+        if isinstance(self.organism, Organism) and uses_kernels(weights, self.spec):
+            output = self.organism.forward_effective(kernel_effective_weights(weights, self.spec), self.task.test_x)
+        else:
+            output = self.organism.forward(weights, self.task.test_x)
+        return float(self.task.metric(output, self.task.test_y))
 
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)
+        edges = particle_graph_size(self.sizes, self.config.events.neighbourhood)
+        if self._graph is None and edges > RECORD_EDGES_LIMIT:
+            # nothing needs the graph yet (no events, no agents asked for): the record leaves its edges out rather
+            # than build a line graph of this size
+            return {"layer": table.layer, "source": table.source, "target": table.target,
+                    "edges": np.zeros((0, 2), dtype=np.int64)}  # fmt: skip
         topology = super()._topology()
         topology.update(layer=table.layer, source=table.source, target=table.target)
         return topology

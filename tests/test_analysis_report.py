@@ -102,7 +102,8 @@ def test_single_run_summary_matches_record_and_pruning_json(single):
     if n_sr:
         sentence = (f"Dropping all {n_sr} self-replicators leaves the held-out MAE at "
                     f"{fmt(numbers['equal_sparsity']['self_replicators'])} vs "
-                    f"{fmt(numbers['metric_full'])} full (within 1%: ")  # fmt: skip
+                    f"{fmt(numbers['metric_full'])} full, both in float64 (within 1% or the float32 floor "
+                    f"{numbers['metric_floor']:.2g}: ")  # fmt: skip
         assert sentence in md
     assert "### The pure threshold (0.01)" in md
 

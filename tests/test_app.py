@@ -126,9 +126,9 @@ def test_replay_reads_the_record(record: Path) -> None:
     replay = load_replay(record)
     with open_record(record) as f:
         particles = read_group(f, "particles")
-    assert replay.steps.tolist() == list(range(5, 41, 5))
+    assert replay.steps.tolist() == list(range(0, 41, 5))  # from the initial state at step 0
     np.testing.assert_array_equal(replay.kind_counts, particles["kind_counts"])
-    assert replay.row(27) == replay.row(25) == 4 and replay.row(0) == 0
+    assert replay.row(27) == replay.row(25) == 5 and replay.row(0) == 0
     step, weights, kinds = replay.snapshot(40)
     assert step == 40 and weights.shape[0] == 18
     np.testing.assert_array_equal(kinds, particles["kind"][-1])  # the snapshot's kinds, re-classified, match the log

@@ -46,7 +46,8 @@ def test_the_collector_measures_at_log_steps_only(tmp_path):
     assert frame.iloc[:9].isna().all().all()
     with open_record(tmp_path) as f:
         logged = read_group(f, "particles")
-    for row, step in enumerate(logged["step"]):
+    assert logged["step"][0] == 0  # the initial state: in the record, not in the collector (entry i is step i + 1)
+    for row, step in list(enumerate(logged["step"]))[1:]:
         at = frame.iloc[step - 1]
         assert at["held_out_metric"] == pytest.approx(logged["held_out_metric"][row], rel=1e-6)
         assert [at[k] for k in KIND_NAMES] == logged["kind_counts"][row].tolist()

@@ -25,6 +25,8 @@ from sim.particles import (
     effective_weights,
     init_weights,
     linear_vector,
+    self_application_jacobian,
+    self_application_spectral_radius,
     self_apply,
     sr_loss,
     sr_train_,
@@ -280,12 +282,12 @@ def test_random_particles_are_other(dtype):
 
 @pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (5, 3, "none"), (7, 2, "none"), (5, 3, "tanh")])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", particles.CPU_BACKENDS)
 def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum, backend, monkeypatch):
-    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on both
-    of its backends (NumPy on the CPU; torch, as on a GPU), block by block."""
-    if backend == "torch":
-        monkeypatch.setattr(particles, "CPU_ARRAYS", "torch")
+    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on each
+    of its backends (the compiled kernel; the reference on NumPy views and on torch tensors, as on a GPU), block by
+    block (13 particles: reference blocks of 5, 5 and 3; a partial block of the kernel)."""
+    monkeypatch.setattr(particles, "CPU_ARRAYS", backend)
     monkeypatch.setattr(particles, "SR_CHUNK", 5)  # 13 particles: blocks of 5, 5 and 3
     spec = ParticleSpec(k, h, activation)
     start = init_weights(13, spec, torch.Generator().manual_seed(k * 10 + h), dtype=torch.float64)
@@ -319,3 +321,37 @@ def test_sr_train_lets_a_particle_diverge_silently():
         sr_train_(alone, torch.zeros_like(alone), spec, 10, lr=0.004, momentum=0.9)
     assert classify(bank, spec)[1] == DIVERGENT
     torch.testing.assert_close(bank[[0, 2, 3]], alone, rtol=1e-6, atol=1e-7)
+
+
+# --- stability of the self-application map -------------------------------------------------------------------------
+
+
+def plain_self_application(w: torch.Tensor, k: int, h: int, activation: str) -> torch.Tensor:
+    """`w' = p_w(c(w))` of one particle `[n] -> [n]`, written out from docs/science.md §1 and differentiable in w: the
+    coordinate rows carry w itself in their first column, and the particle's layers are read from w."""
+    n = k * h + h * h + h
+    W1, W2, W3 = w[: k * h].reshape(h, k), w[k * h : k * h + h * h].reshape(h, h), w[k * h + h * h :].reshape(1, h)
+    position = torch.tensor(reference.coordinate_rows([0.0] * n, k, h), dtype=w.dtype)[:, 1:]  # [n, k-1]
+    rows = torch.cat([w.unsqueeze(1), position], dim=1)  # [n, k]
+    act = reference.ACTIVATIONS[activation] or (lambda x: x)
+    return (act(act(rows @ W1.T) @ W2.T) @ W3.T).squeeze(1)
+
+
+@pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (4, 3, "none"), (6, 2, "none"), (5, 3, "tanh")])
+def test_self_application_jacobian_and_spectral_radius_match_jacrev(k, h, activation):
+    spec = ParticleSpec(k, h, activation)
+    bank = random_bank(6, spec, torch.float64, seed=k * h)
+    bank[0] = replicator(ParticleSpec(k, h), effective=2.0) if activation == "none" else bank[0]
+    expected = torch.stack([torch.func.jacrev(plain_self_application)(w, k, h, activation) for w in bank])
+    torch.testing.assert_close(self_application_jacobian(bank, spec), expected, rtol=1e-12, atol=1e-12)
+    radius = torch.tensor([abs(torch.linalg.eigvals(J)).max() for J in expected], dtype=torch.float64)
+    torch.testing.assert_close(self_application_spectral_radius(bank, spec), radius, rtol=1e-9, atol=1e-12)
+    assert self_application_spectral_radius(bank.float(), spec).dtype == torch.float64
+
+
+def test_linear_fixpoints_repel_with_radius_four_and_zero_attracts():
+    """At a non-zero linear fixpoint v0 = 1, and scaling w by s scales the self-application by s^4: rho = 4."""
+    spec = ParticleSpec(5, 5)
+    bank = torch.stack([replicator(spec), replicator(spec, effective=3.0), torch.zeros(spec.n_weights).double()])
+    radius = self_application_spectral_radius(bank, spec)
+    torch.testing.assert_close(radius, torch.tensor([4.0, 4.0, 0.0], dtype=torch.float64))

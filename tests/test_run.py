@@ -5,6 +5,7 @@ status a shell gets. The kill-and-resume test kills a real process at a random m
 moment, and `SIGKILL_SEED=N` replays it.
 """
 
+import json
 import os
 import random
 import signal
@@ -15,12 +16,15 @@ import time
 import h5py
 import numpy as np
 import pytest
+import reference
 import torch
 from helpers import ROOT, one_line_error, run_module
 
+from analysis.report import main as report_main
 from sim.particles import KIND_NAMES
 from sim.record import is_complete, load_checkpoint, open_record, read_attrs, read_group
 from sim.run import main
+from sim.tasks import make_task
 
 FAST = ["--task", "arithmetic", "--quiet", "--set", "record.log_every=5", "--set", "record.snapshot_every=20"]
 
@@ -40,8 +44,8 @@ def test_record_holds_every_step_and_the_contract(tmp_path):
         assert f["particles/kind"].dtype == np.int8 and f["particles/kind"].shape[1] == 18
         assert f["topology/layer"].shape == (18,) and f["topology/edges"].shape[1] == 2
     np.testing.assert_array_equal(steps["step"], np.arange(1, 44))
-    np.testing.assert_array_equal(particles["step"], [5, 10, 15, 20, 25, 30, 35, 40, 43])
-    np.testing.assert_array_equal(snapshots["step"], [20, 40, 43])
+    np.testing.assert_array_equal(particles["step"], [0, 5, 10, 15, 20, 25, 30, 35, 40, 43])
+    np.testing.assert_array_equal(snapshots["step"], [0, 20, 40, 43])
     assert np.all(particles["kind_counts"].sum(axis=1) == 18)
     for row, kinds in zip(particles["kind_counts"], particles["kind"]):
         np.testing.assert_array_equal(row, np.bincount(kinds, minlength=5))
@@ -49,6 +53,50 @@ def test_record_holds_every_step_and_the_contract(tmp_path):
     assert state["step"] == 43
     np.testing.assert_allclose(snapshots["weights"][-1], state["weights"].numpy(), rtol=1e-6)
     assert (out / "config.yaml").is_file()
+
+
+def test_step_zero_is_the_initial_state_and_a_zero_step_run_is_complete(tmp_path):
+    """The first /particles row and snapshot are step 0, before any training: kinds, SR losses and effective
+    weights of the initial weights, as the per-particle reference computes them from that snapshot."""
+    assert main([*FAST, "--steps", "0", "--out", str(tmp_path / "zero")]) == 0
+    assert main([*FAST, "--steps", "7", "--out", str(tmp_path / "seven")]) == 0
+    assert is_complete(tmp_path / "zero")
+    rows = {}
+    for name in ("zero", "seven"):
+        with open_record(tmp_path / name) as f:
+            rows[name] = read_group(f, "particles"), read_group(f, "snapshots"), read_group(f, "steps")
+    (particles, snapshots, steps), (later, later_snapshots, _) = rows["zero"], rows["seven"]
+    assert len(steps["step"]) == 0 and particles["step"].tolist() == [0] and snapshots["step"].tolist() == [0]
+    initial = torch.as_tensor(snapshots["weights"][0]).double()  # [18, n]
+    state = load_checkpoint(tmp_path / "zero" / "checkpoint.pt")
+    assert state["step"] == 0 and torch.equal(state["weights"], torch.as_tensor(snapshots["weights"][0]))
+    particles_ref = [reference.ReferenceParticle.from_row(row, 5, 3) for row in initial]
+    np.testing.assert_array_equal(particles["kind"][0], [KIND_NAMES.index(reference.kind(p)) for p in particles_ref])
+    losses = [float(reference.sr_loss(p).detach()) for p in particles_ref]
+    np.testing.assert_allclose(particles["sr_loss"][0], losses, rtol=1e-5)
+    effective = [reference.effective_weight(p) for p in particles_ref]
+    np.testing.assert_allclose(particles["effective_weight"][0], effective, rtol=1e-5, atol=1e-7)
+    organism = [reference.ReferenceParticle.from_row(row, 5, 3) for row in initial]
+    task = make_task("arithmetic", 0, "cpu", torch.float64)
+    mae = (reference.organism_forward(organism, [2, 3, 3, 1], task.test_x) - task.test_y).abs().mean()
+    assert particles["held_out_metric"][0] == pytest.approx(float(mae), rel=1e-5)
+    # a longer run with the same seed starts from the same state
+    assert later["step"][0] == 0 and later_snapshots["step"].tolist() == [0, 7]
+    np.testing.assert_array_equal(later_snapshots["weights"][0], snapshots["weights"][0])
+    np.testing.assert_array_equal(later["kind"][0], particles["kind"][0])
+
+
+def test_every_analysis_reads_a_zero_step_run(tmp_path):
+    for args, name in (([*FAST], "arithmetic"), (["--quiet", "--set", "task.batch_size=100"], "mnist"),
+                       (["--quiet", "--mode", "soup", "--set", "soup.size=50"], "soup")):  # fmt: skip
+        assert main([*args, "--steps", "0", "--out", str(tmp_path / name)]) == 0
+        assert report_main([str(tmp_path / name), "--out", str(tmp_path / f"{name}-report"), "--draws", "10",
+                            "--max-steps", "5"]) == 0  # fmt: skip
+        summary = json.loads((tmp_path / f"{name}-report" / "summary.json").read_text())
+        assert summary["complete"] and summary["headline"]["final.step"] == 0
+        expected_skips = {"pruning"} if name == "soup" else set()  # pruning needs an organism
+        skipped = {n for n, s in summary["scripts"].items() if s["status"] != "done"}
+        assert skipped == expected_skips, summary["scripts"]
 
 
 def test_same_seed_same_record_other_seed_differs(tmp_path):
@@ -75,6 +123,8 @@ def test_same_seed_same_record_other_seed_differs(tmp_path):
         (["--set", "events.attack=-0.1"], "events.attack must be >= 0"),
         (["--set", "train.lr=abc"], "train.lr must be a number"),
         (["--set", "justakey"], "--set needs KEY=VALUE"),
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--set", "threads=0"], "threads must be >= 1"),
         (["--config", "missing.yaml"], "cannot read config file"),
         (["--resume", "nowhere"], "holds no checkpoint"),
     ],
@@ -139,7 +189,11 @@ def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_ru
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, "--out", str(killed)], cwd=ROOT)
     deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+
+    def trained_checkpoint() -> bool:  # the step-0 checkpoint comes before any training: wait for the next one
+        return (killed / "checkpoint.pt").exists() and load_checkpoint(killed / "checkpoint.pt")["step"] > 0
+
+    while not trained_checkpoint() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
@@ -178,6 +232,6 @@ def test_soup_mode_counts_kinds_and_records_events(tmp_path):
         particles = read_group(f, "particles")
         events = read_group(f, "events")
     assert attrs["mode"] == "soup"
-    assert particles["kind"].shape == (6, 60) and np.all(particles["kind_counts"].sum(axis=1) == 60)
+    assert particles["kind"].shape == (7, 60) and np.all(particles["kind_counts"].sum(axis=1) == 60)
     assert {0, 4} <= set(np.unique(events["kind"]).tolist())  # attack and noise both happened
     assert np.all((events["step"] >= 1) & (events["step"] <= 30))

@@ -235,9 +235,11 @@ def test_rerun_resumes_from_checkpoints_and_restarts_runs_without_one(tmp_path, 
     sweep = write_sweep(tmp_path / "s.yaml", SWEEP | {"grid": {"train.alpha": [0.5]}})
     shutil.copytree(references["train.alpha=0.5/s0"], out / "train.alpha=0.5/s0")  # finished
     before = file_state(out / "train.alpha=0.5/s0")
-    # s1 killed at step 125 (checkpoint at 100, rows to 120); s2 at step 30, before its first checkpoint
+    # s1 killed at step 125 (checkpoint at 100, rows to 120); s2 without a checkpoint, as a kill before the step-0
+    # checkpoint leaves it
     resumed = _start_and_abandon(out / "train.alpha=0.5/s1", references["train.alpha=0.5/s1"], 125)
     restarted = _start_and_abandon(out / "train.alpha=0.5/s2", references["train.alpha=0.5/s2"], 30)
+    (out / "train.alpha=0.5/s2/checkpoint.pt").unlink()
     assert (out / "train.alpha=0.5/s1/checkpoint.pt").exists() and len(resumed) == 120
     assert not (out / "train.alpha=0.5/s2/checkpoint.pt").exists() and len(restarted) == 30
 
