@@ -35,8 +35,8 @@ CAPTIONS = {
     "self-replicators.",
     "pruning_contribution": "Each particle's task contribution against its SR loss, coloured by kind: pure "
     "self-replicators sit at the bottom left.",
-    "connectivity_graph": "Where the kinds sit: every particle coloured by its final kind, layer by layer (soups: on "
-    "their neighbourhood graph).",
+    "connectivity_graph": "Where the kinds sit: every particle coloured by its final kind (a small organism as its "
+    "graph, a large one as each layer's target x source matrix, MNIST's input layer as pixels; a soup on its graph).",
     "connectivity_pixels": "Input pixels: the mean digit, the share of each pixel's particles that self-replicate, and "
     "how much of the task each pixel's particles carry.",
     "trajectories_distance": "How far each particle's weights still are from their final values, by final kind: "
@@ -46,6 +46,8 @@ CAPTIONS = {
     "trajectories_movement": "How far the weights move per step between snapshots, by final kind (thick: median).",
     "robustness": "Noisy copies of the final self-replicators, self-applied: how long they stay self-replicators, "
     "when they become zero or divergent, and what they end as.",
+    "soup": "Left: the population events per step by kind; middle: the kinds over time (thick) with the events "
+    "overlaid (thin); right: the largest lineage's size, over all particles and over the self-replicators.",
     "aggregate_over_time": "Across runs: the held-out metric, the kind counts and the SR loss over time (bands: 95% "
     "interval of the mean).",
     "aggregate_pruning_curve": "Across runs: the metric against the fraction zeroed per strategy (bands: 95% interval "

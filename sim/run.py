@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from sim.cli import Parser, UsageError, error_exit, non_negative_int
+from sim.cli import Parser, UsageError, error_exit, non_negative_int, positive_int
 from sim.config import (
     DEVICES,
     MODES,
@@ -47,6 +47,7 @@ from sim.rundir import RunDir
 from sim.runner import build_model, config_yaml, simulate, write_config
 from sim.signals import StopOnSignal
 from sim.tasks import DataError
+from sim.threads import default_threads, set_threads
 
 NAME_CHARS = 60  # the most characters of --set keys in a default run directory name
 # exit status of a run stopped by a write that failed (full disk, unwritable place); bad input is 2
@@ -67,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")
     p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        help="CPU threads (default: 1 for small organisms, else the free cores)",
+    )
+    p.add_argument(
         "--out", help="run directory (default runs/<timestamp>-<task>-s<seed>[-<--set keys that differ>] or --name)"
     )
     p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
@@ -80,7 +86,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then --config, then the flags, then --set, in that order."""
     overrides = [
-        (key, getattr(args, key)) for key in ("mode", "steps", "seed", "device") if getattr(args, key) is not None
+        (key, getattr(args, key))
+        for key in ("mode", "steps", "seed", "device", "threads")
+        if getattr(args, key) is not None
     ]
     if args.task is not None:
         overrides.append(("task.name", args.task))
@@ -178,6 +186,8 @@ def _recorded_config(args: argparse.Namespace, run_dir: Path, state: dict) -> Co
         raise RecordError(f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r} holds an invalid config ({exc})") from None
     if args.device is not None:
         config.device = args.device
+    if args.threads is not None:
+        config.threads = args.threads
     resolve_device(config.device)
     return config
 
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OSError):
             exc = RecordWriteError(f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else str(exc))
         return error_exit("sim.run", exc)
+    set_threads(config.threads or default_threads(model.n_particles))
     try:
         with StopOnSignal() as stop:
             elapsed = simulate(model, args.quiet, stop)
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
+        print(f"self-replicators at the end: {summary['kind_counts']['self_replicator']}")
+        print("events: " + ", ".join(f"{k}={v}" for k, v in summary["event_counts"].items()))
     print(f"run directory: {run_dir}")
     return 0
 
