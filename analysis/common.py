@@ -171,12 +171,13 @@ class Run:
 
     @cached_property
     def task(self) -> Task:
-        """The run's task on the CPU, with the same splits as in training."""
+        """The run's task on the CPU in float64, with the same splits as in training (the data convert exactly: MNIST
+        pixels are float32, the arithmetic sets are drawn in float64)."""
         if not self.is_dense:
             self.require_organism("the task")
         try:
             t = self.config.task
-            return make_task(t.name, self.config.seed, "cpu", self.dtype, t.data_dir, t.image_side)
+            return make_task(t.name, self.config.seed, "cpu", torch.float64, t.data_dir, t.image_side, t.resize)
         except DataError as exc:
             raise AnalysisError(f"cannot rebuild the task of {str(self.run_dir)!r}: {exc}") from None
 
@@ -188,9 +189,29 @@ class Run:
 
     @torch.no_grad()
     def held_out(self, weights: torch.Tensor) -> float:
-        """The task metric of the organism with bank `weights [P, n]` on the held-out set."""
-        output = self.organism.forward(weights, self.task.test_x)
+        """The task metric of the organism with bank `weights [P, n]` on the held-out set, evaluated in float64 on a
+        float64 copy of the weights, so that the number does not depend on the rounding of the run's dtype."""
+        output = self.organism.forward(weights.double(), self.task.test_x)
         return float(self.task.metric(output, self.task.test_y))
+
+    @cached_property
+    def metric_floor(self) -> float:
+        """How far rounding in the run's own dtype can move its task metric: for MAE, eps(dtype) x mean |held-out
+        target| (one output of that size rounded to the dtype moves by about that much: 1.3e-7 for the float32
+        arithmetic task); accuracy counts whole samples and has no float floor (0). Comparisons that ask whether
+        two metrics differ ("within 1%") never count a difference below this floor."""
+        if self.task.metric_name != "mae":
+            return 0.0
+        return float(torch.finfo(self.dtype).eps * self.task.test_y.abs().mean())
+
+    @cached_property
+    def chance(self) -> float | None:
+        """The metric of an organism that knows nothing: every particle zeroed, so the output is constant 0 (MNIST:
+        the share of the held-out images of class 0, about 0.1; arithmetic: the mean |a + b|, about 1.13); None for a
+        soup."""
+        if not self.is_organism or not self.sizes:
+            return None
+        return self.held_out(torch.zeros(self.n_particles, self.spec.n_weights, dtype=self.dtype))
 
     def final_kinds(self) -> np.ndarray:
         """Kind code of every particle at the final weights' step `[P]`: the record's row for that step if it holds
@@ -237,6 +258,7 @@ class Contributions:
 def task_contributions(run: Run, weights: torch.Tensor) -> Contributions:
     """Per-particle task contributions of bank `weights [P, n]` on the run's held-out inputs."""
     organism, spec = run.organism, run.spec
+    weights = weights.double()  # the held-out data are float64
     inputs: list[torch.Tensor] = []
     organism.forward(weights, run.task.test_x, layer_inputs=inputs)
     source, target, layer_of = run.topology["source"], run.topology["target"], run.topology["layer"]
@@ -273,10 +295,23 @@ def new_figure(cols: int = 1, width: float = 6.4, height: float = 4.2, rows: int
     return plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False, **kwargs)
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+_figure_format = {"suffix": "png"}  # set once per command by `cli` from `--format`
+
+
+def set_figure_format(suffix: str) -> None:
+    """The file format every `save_figure` of this process writes (png, pdf or svg)."""
+    if suffix not in FIGURE_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FIGURE_FORMATS)}, got {suffix!r}")
+    _figure_format["suffix"] = suffix
+
+
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write a figure as PNG and close it."""
+    """Write a figure in the chosen format (`path`'s suffix replaced) and close it; returns the path written. The
+    bounding box is fitted to everything drawn, so no title or legend outside the axes is ever cut off."""
+    path = path.with_suffix(f".{_figure_format['suffix']}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI)
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
     return path
 
@@ -342,7 +377,14 @@ def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.h5)")
     p.add_argument("--out", metavar="DIR", help="directory for the figures (default RUN_DIR/analysis)")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON to FILE")
+    add_format_option(p)
     return p
+
+
+def add_format_option(p: argparse.ArgumentParser) -> None:
+    """`--format png|pdf|svg`: the figures' file format (default png)."""
+    p.add_argument("--format", dest="figure_format", choices=FIGURE_FORMATS, default="png",
+                   help="file format of the figures (default png)")  # fmt: skip
 
 
 def run_script(
@@ -378,6 +420,7 @@ def cli(
     torch.set_num_threads(1)
     try:
         args = parser.parse_args(argv)
+        set_figure_format(getattr(args, "figure_format", "png"))
         lines = action(args)
     except (UsageError, RecordError, AnalysisError) as exc:
         return error_exit(prog, exc)

@@ -179,7 +179,7 @@ def _organism_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path:
         spine.set_visible(False)
     ax.set_xlim(-0.3, len(sizes) - 0.7)
     labelled = "\n(numbers: effective weights)" if run.n_particles <= EFFECTIVE_LABEL_MAX else ""
-    ax.set_title(f"{run.name}: the organism at step {numbers['final_step']}, every particle (edge) coloured by its "
+    ax.set_title(f"The organism at step {numbers['final_step']}, every particle (edge) coloured by its "
                  f"kind{labelled}")  # fmt: skip
     _legend(ax, numbers, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
@@ -206,7 +206,7 @@ def _soup_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Pat
     if mixing:
         note = (f"\nneighbours of self-replicators that are self-replicators: {mixing['neighbour_same_kind']:.0%} "
                 f"(overall share {mixing['overall_fraction']:.0%})")  # fmt: skip
-    ax.set_title(f"{run.name}: soup neighbourhood graph at step {numbers['final_step']}, particles coloured by kind"
+    ax.set_title(f"Soup neighbourhood graph at step {numbers['final_step']}, particles coloured by kind"
                  f"{note}", fontsize=10)  # fmt: skip
     _legend(ax, numbers, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)

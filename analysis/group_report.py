@@ -22,7 +22,7 @@ from analysis.common import (
     write_json,
 )
 from analysis.pruning import BASELINE_COLORS, BASELINE_LABELS, BASELINES
-from analysis.report_format import fmt, md_figures, md_table, metric_words, yes
+from analysis.report_format import fmt, interval, md_figures, md_table, mean_sd, metric_words, yes
 from analysis.run_report import (
     ALL_REPLICATORS,
     CARRY_REASON,
@@ -34,6 +34,7 @@ from analysis.run_report import (
     pure_justification,
     report_run,
     sr_contributions,
+    tolerance_label,
 )
 from sim.tasks import METRICS
 
@@ -129,7 +130,7 @@ def report_group(
 
 
 def _interval(s: dict[str, Any]) -> str:
-    return f"[{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}]" if s["ci95"] else "–"
+    return interval(*s["ci95"]) if s["ci95"] else "–"
 
 
 def _mean_sentence(s: dict[str, Any] | None) -> str:
@@ -139,7 +140,7 @@ def _mean_sentence(s: dict[str, Any] | None) -> str:
         return f"{fmt(s['mean'])} (one run)"
     if s["sd"] == 0:
         return f"{fmt(s['mean'])} in every run"
-    return f"{fmt(s['mean'])} ± {fmt(s['sd'])} (sd; 95% CI {_interval(s)})"
+    return f"{fmt(s['mean'])} (sd {fmt(s['sd'])}; 95% interval {_interval(s)})"
 
 
 def _group_markdown(title: str, reports: list[RunReport], agg: dict[str, Any], figures: list[Path], out: Path) -> str:
@@ -158,7 +159,8 @@ def _group_markdown(title: str, reports: list[RunReport], agg: dict[str, Any], f
     lines += [md_table(["run", "directory", "seed", "final step", "complete"], rows)]
     lines += [
         "## Findings\n",
-        f"Across {len(reports)} runs, mean ± sd with the {CONFIDENCE:.0%} t-interval of the mean.\n",
+        f"Across {len(reports)} runs: mean, standard deviation (sd) and the {CONFIDENCE:.0%} t-interval of the mean "
+        f"[lo, hi].\n",
     ]
     lines += [f"- {line}" for line in group_findings(first, reports, agg)]
     lines.append("")
@@ -180,8 +182,9 @@ def _group_markdown(title: str, reports: list[RunReport], agg: dict[str, Any], f
         lines += _group_pruning_markdown(pruned, agg)
     lines += ["## Curves across runs\n", "Bands: the 95% t-interval of the mean across runs at each point.\n"]
     lines += md_figures(figures, out)
-    rows = [[f"`{k}`", s["n"], s["mean"], s["sd"], _interval(s)] for k, s in agg.items()]
-    lines += ["## All numbers\n", md_table(["number", "n", "mean", "sd", "95% CI"], rows)]
+    lines.append(
+        "Every number of every run, with its mean, sd and interval across runs: [`summary.json`](summary.json).\n"
+    )
     return "\n".join(lines)
 
 
@@ -204,8 +207,8 @@ def group_findings(run: Run, reports: list[RunReport], agg: dict[str, Any]) -> l
     g = agg.get
     out.append(
         f"Dropping all self-replicators: {words} {_mean_sentence(g('pruning.equal_sparsity.self_replicators'))}"
-        f" vs {_mean_sentence(g('pruning.metric_full'))} full; within 1% of the full organism in "
-        f"{count('self_replicators')} of {len(pruned)} runs."
+        f" vs {_mean_sentence(g('pruning.metric_full'))} full (metrics in float64); {tolerance_label(pruned[0])} of "
+        f"the full organism in {count('self_replicators')} of {len(pruned)} runs."
     )
     out.append(
         f"Pure self-replicators: {_mean_sentence(g('pruning.equal_sparsity.pure_count'))}; dropping only them: "
@@ -246,10 +249,10 @@ def _group_pruning_markdown(reports: list[RunReport], agg: dict[str, Any]) -> li
             r.label, n["metric_full"], eq["count"], eq["self_replicators"],
             yes(within["equal_sparsity"]["self_replicators"]), eq["pure_count"], eqp["pure_self_replicators"],
             yes(within["equal_sparsity_pure"]["pure_self_replicators"]), eq["magnitude"], eq["l1"],
-            eq["contribution"], f"{fmt(eq['random_mean'])} ± {fmt(eq['random_sd'])}",
+            eq["contribution"], mean_sd(eq["random_mean"], eq["random_sd"]),
         ])  # fmt: skip
     header = ["run", "full", "SRs", "SRs zeroed", "within 1%", "pure SRs", "pure zeroed", "within 1%",
-              "magnitude*", "L1*", "contribution*", "random* (mean ± sd)"]  # fmt: skip
+              "magnitude*", "L1*", "contribution*", "random* (mean, sd)"]  # fmt: skip
     lines += [md_table(header, rows), "*: zeroing as many particles as there are self-replicators.\n"]
     lines.append("### Particle dropout\n")
     kinds = list(dict.fromkeys(k for r in reports for k in r.numbers("pruning")["dropout"]))

@@ -73,6 +73,7 @@ class Trained:
             raise AnalysisError(f"{str(run.run_dir)!r} has nonlinear particles: the pruning study prunes effective "
                                 "weights, exact only for linear particles (particle.activation none)")  # fmt: skip
         bank, _, _ = run.final_weights()
+        bank = bank.double()  # every metric in float64, as `Run.task`'s data
         o = run.config.organism
         network = DenseNetwork(run.sizes, o.residual, o.activation)
         kinds = run.final_kinds() if run.is_organism else None

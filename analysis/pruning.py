@@ -12,9 +12,11 @@ set, the same split as in training. Pruning a particle means zeroing its weight 
 - Task contribution of every particle (`analysis.common.task_contributions`) and, for organisms of at most
   `--exact-max` particles, the exact metric change when that particle alone is zeroed.
 
-"Within 1%" means the pruned metric is at most 1% (relative) worse than the full organism's: accuracy >= 0.99 x full,
-MAE <= 1.01 x full. Figures: pruning_dropout.png, pruning_equal_sparsity.png, pruning_curve.png,
-pruning_contribution.png.
+Every metric is evaluated in float64 on a float64 copy of the weights (`Run.held_out`). "Within 1%" means the pruned
+metric is at most 1% (relative) worse than the full organism's, or, where 1% of it is smaller, at most the float floor
+`Run.metric_floor` worse (the rounding of the run's dtype: 1.3e-7 of MAE for the float32 arithmetic task; 0 for
+accuracy): accuracy >= full - max(0.01 full, floor), MAE <= full + max(0.01 full, floor).
+Figures: pruning_dropout.png, pruning_equal_sparsity.png, pruning_curve.png, pruning_contribution.png.
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ def zeroed(weights: torch.Tensor, ids: np.ndarray | list[int]) -> torch.Tensor:
     return out
 
 
-def within_tolerance(metric: float, full: float, higher_is_better: bool, tolerance: float = TOLERANCE) -> bool:
-    """Whether `metric` is at most `tolerance` (relative) worse than the full organism's `full`."""
+def within_tolerance(
+    metric: float, full: float, higher_is_better: bool, tolerance: float = TOLERANCE, floor: float = 0.0
+) -> bool:
+    """Whether `metric` is at most `tolerance` (relative) worse than the full organism's `full`, or at most `floor`
+    (absolute, the float floor of the metric) worse where that is the larger margin."""
+    margin = max(tolerance * abs(full), floor)
     if higher_is_better:
-        return bool(metric >= full - tolerance * abs(full))
-    return bool(metric <= full + tolerance * abs(full))
+        return bool(metric >= full - margin)
+    return bool(metric <= full + margin)
 
 
 def baseline_orders(run: Run, weights: torch.Tensor, relative_contribution: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,10 +153,11 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     equal_pure["pure_self_replicators"] = run.held_out(zeroed(weights, pure))
     equal.update(pure_self_replicators=equal_pure["pure_self_replicators"], pure_count=len(pure),
                  pure_fraction=len(pure) / n)  # fmt: skip
+    floor = run.metric_floor
     within = {
-        "equal_sparsity": {s: within_tolerance(equal[s], full, better_up) for s in STRATEGIES},
+        "equal_sparsity": {s: within_tolerance(equal[s], full, better_up, floor=floor) for s in STRATEGIES},
         "equal_sparsity_pure": {
-            s: within_tolerance(equal_pure[s], full, better_up)
+            s: within_tolerance(equal_pure[s], full, better_up, floor=floor)
             for s in ("pure_self_replicators", *BASELINES, "random_mean")
         },
     }
@@ -188,6 +195,9 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         "pure_threshold": args.threshold,
         "random_draws": args.draws,
         "tolerance": TOLERANCE,
+        "metric_floor": floor,
+        "metric_dtype": "float64",
+        "run_dtype": run.config.dtype,
         "dropout": dropout,
         "equal_sparsity": equal,
         "equal_sparsity_pure": equal_pure,
@@ -218,9 +228,24 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
 # --- figures -----------------------------------------------------------------------------------------------------
 
 
-def _full_line(ax: Any, value: float, horizontal: bool = True) -> None:
+def _full_line(ax: Any, value: float, horizontal: bool = True, chance: float | None = None) -> None:
+    """The full organism's metric (dashed) and, when given, chance: the metric of a constant output 0 (dotted)."""
     line = ax.axhline if horizontal else ax.axvline
     line(value, color="black", ls="--", lw=1, label=f"full organism ({value:.3g})")
+    if chance is not None:
+        line(chance, color="black", ls=":", lw=1, label=f"chance: output 0 ({chance:.3g})")
+
+
+def _bars_or_dots(ax: Any, positions: np.ndarray, values: list[float], colors: list[str], log: bool,
+                  horizontal: bool) -> None:  # fmt: skip
+    """Bars on a linear axis; dots on a log axis, where a bar would have no honest base."""
+    if log:
+        xy = (values, positions) if horizontal else (positions, values)
+        ax.scatter(*xy, c=colors, s=90, edgecolors="black", zorder=3)
+    elif horizontal:
+        ax.barh(positions, values, color=colors)
+    else:
+        ax.bar(positions, values, color=colors)
 
 
 def _headroom(ax: Any, values: list[float], axis: str = "y") -> None:
@@ -237,14 +262,18 @@ def _dropout_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     kinds = list(numbers["dropout"])
     values = [numbers["dropout"][k]["metric"] for k in kinds]
     labels = [f"{KIND_LABELS[k]}\n(n={numbers['dropout'][k]['count']})" for k in kinds]
-    bars = ax.bar(labels, values, color=[KIND_COLOURS[k] for k in kinds])
-    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, bbox=LABEL_BOX)
-    _full_line(ax, numbers["metric_full"])
-    positive_log_scale(ax, [*values, numbers["metric_full"]])
-    _headroom(ax, [*values, numbers["metric_full"]])
+    chance = run.chance
+    x = np.arange(len(kinds))
+    log = positive_log_scale(ax, [*values, numbers["metric_full"], chance])
+    _bars_or_dots(ax, x, values, [KIND_COLOURS[k] for k in kinds], log, horizontal=False)
+    for xi, v in zip(x, values):
+        ax.annotate(f"{v:.3g}", (xi, v), xytext=(0, 6), textcoords="offset points", ha="center", bbox=LABEL_BOX)
+    ax.set_xticks(x, labels)
+    _full_line(ax, numbers["metric_full"], chance=chance)
+    _headroom(ax, [*values, numbers["metric_full"], chance])
     ax.set_xlabel("particles zeroed (all of one kind)")
     ax.set_ylabel(metric_label(run.metric_name))
-    ax.set_title(f"Particle dropout, {run.name} (step {numbers['final_step']})")
+    ax.set_title(f"Particle dropout (step {numbers['final_step']})")
     ax.legend(loc="upper right")
     return save_figure(fig, path)
 
@@ -259,16 +288,21 @@ def _sparsity_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
         values = [table[key], *(table[b] for b in BASELINES), table["random_mean"]]
         colors = [KIND_COLOURS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
         y = np.arange(len(labels))[::-1]
-        ax.barh(y, values, color=colors)
-        ax.errorbar(values[-1], y[-1], xerr=table["random_sd"], color="black", capsize=4)
+        log = positive_log_scale(ax, [*values, numbers["metric_full"], run.chance], axis="x")
+        _bars_or_dots(ax, y, values, colors, log, horizontal=True)
+        low = values[-1] - table["random_sd"]
+        if log and low <= 0:  # a whisker cannot reach 0 on a log axis: cut it at the axis, and say so
+            ax.annotate("sd reaches below 0", (values[-1], y[-1]), xytext=(0, -12), textcoords="offset points",
+                        ha="center", fontsize=7)  # fmt: skip
+            low = min(values) / 10
+        ax.errorbar(values[-1], y[-1], xerr=[[values[-1] - low], [table["random_sd"]]], color="black", capsize=4)
         ends = [*values[:-1], values[-1] + table["random_sd"]]  # labels clear of the error bar
         for yi, v, end in zip(y, values, ends):
             ax.annotate(f"{v:.3g}", (end, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=9,
                         bbox=LABEL_BOX)  # fmt: skip
         ax.set_yticks(y, labels)
-        _full_line(ax, numbers["metric_full"], horizontal=False)
-        positive_log_scale(ax, [*values, numbers["metric_full"]], axis="x")
-        _headroom(ax, [*ends, numbers["metric_full"]], axis="x")
+        _full_line(ax, numbers["metric_full"], horizontal=False, chance=run.chance)
+        _headroom(ax, [*ends, numbers["metric_full"], run.chance], axis="x")
         ax.set_xlabel(metric_label(run.metric_name))
         ax.set_title(f"Zeroing the {table['count']} {title} ({table['fraction']:.1%} of {run.n_particles} particles) "
                      "vs as many by each baseline", fontsize=10)  # fmt: skip
@@ -294,13 +328,13 @@ def _curve_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
         label = f"pure self-replicators zeroed (relative contribution < {numbers['pure_threshold']:g})"
         ax.plot(equal["pure_fraction"], equal["pure_self_replicators"], "D", ms=8, color="#aec7e8", mec="black",
                 label=label)  # fmt: skip
-    _full_line(ax, numbers["metric_full"])
+    _full_line(ax, numbers["metric_full"], chance=run.chance)
     every = np.concatenate([curve[b] for b in BASELINES] + [curve["random_p16"], [equal["self_replicators"]]])
     positive_log_scale(ax, every)
     ax.set_xlabel("fraction of particles zeroed")
     ax.set_ylabel(metric_label(run.metric_name))
     ax.set_xlim(-0.02, 1.02)
-    ax.set_title(f"Pruning curves, {run.name} ({run.n_particles} particles)")
+    ax.set_title(f"Pruning curves ({run.n_particles} particles)")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     return save_figure(fig, path)
 

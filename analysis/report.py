@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis.common import Parser, UsageError, cli, load_run
+from analysis.common import Parser, UsageError, add_format_option, cli, load_run
 from analysis.group_report import report_group, run_labels
 from analysis.run_report import SCRIPTS, Script, check_scripts, load_scripts, report_run
 from analysis.sweep_report import SWEEP_INDEX, report_sweep
@@ -71,6 +71,7 @@ def parser(scripts: list[Script]) -> argparse.ArgumentParser:
     p.add_argument(
         "--only", nargs="+", choices=SCRIPTS, metavar="NAME", help=f"run only these scripts (of {', '.join(SCRIPTS)})"
     )
+    add_format_option(p)
     p.script_options = True
     for script in scripts:
         if script.module is not None and hasattr(script.module, "add_options"):

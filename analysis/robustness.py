@@ -14,7 +14,16 @@ Per copy, with s_0 the noisy copy and s_t its t-th self-application:
 - steps to vergence: the first t at which s_t is zero or divergent (none if it never is within `--max-steps`); a copy
   that has verged is frozen (both kinds are absorbing);
 - end kind: its kind at the end.
-Figure `robustness.png`: box plots of both step counts per noise level, and the end kinds per level.
+
+Why they leave: the spectral radius rho of the Jacobian of the self-application map `w -> p_w(c(w))` at every final
+self-replicator (`sim.particles.self_application_spectral_radius`, closed form for linear particles). A fixpoint
+attracts when rho < 1; with rho > 1, a deviation grows by about rho per self-application, so a self-replicator whose
+residual `r0 = max_j |p(c_j) - w_j|` sits below the tolerance eps = 1e-5 is predicted to stay one for
+`ceil(log(eps / r0) / log(rho))` self-applications (the noise-free control measures the same). For linear particles
+rho >= 4 at every non-zero fixpoint: at a fixpoint v0 = 1, and scaling the weights by (1 + d) scales the
+self-application by (1 + d)^4, so zero (rho = 0) is the only attracting fixpoint.
+Figure `robustness.png`: box plots of both step counts per noise level, the end kinds per level, and rho per
+self-replicator. A run without self-replicators gives numbers that say so and a figure with that message.
 """
 
 from __future__ import annotations
@@ -32,7 +41,6 @@ from matplotlib.ticker import MaxNLocator
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
-    AnalysisError,
     Result,
     Run,
     UsageError,
@@ -42,7 +50,17 @@ from analysis.common import (
     run_script,
     save_figure,
 )
-from sim.particles import DIVERGENT, KIND_NAMES, SELF_REPLICATOR, ZERO, ParticleSpec, classify, self_apply
+from sim.particles import (
+    DIVERGENT,
+    KIND_EPS,
+    KIND_NAMES,
+    SELF_REPLICATOR,
+    ZERO,
+    ParticleSpec,
+    classify,
+    self_application_spectral_radius,
+    self_apply,
+)
 
 DEFAULT_EXPONENTS = tuple(range(1, 10))
 DEFAULT_REPEATS = 5
@@ -126,6 +144,34 @@ def summarise(outcome: Outcome, noise: float) -> dict[str, Any]:
     }
 
 
+def predicted_sr_steps(residual: np.ndarray, radius: np.ndarray, eps: float = KIND_EPS) -> np.ndarray:
+    """Self-applications a self-replicator is predicted to stay one, `[R]` float: the first t with
+    `residual * radius^t >= eps` (a deviation grows by the spectral radius per step); inf where radius <= 1."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.ceil(np.log(eps / np.maximum(residual, 1e-300)) / np.log(radius))
+    return np.where(radius > 1, np.maximum(steps, 1), np.inf)
+
+
+def stability(replicators: torch.Tensor, spec: ParticleSpec) -> dict[str, Any]:
+    """Spectral radius of the self-application Jacobian, residual and predicted steps as self-replicator of every
+    particle of `replicators [R, n]` (float64)."""
+    radius = self_application_spectral_radius(replicators, spec).numpy()  # [R]
+    with torch.no_grad():
+        residual = (self_apply(replicators, spec) - replicators).abs().amax(dim=1).numpy()  # [R]
+    predicted = predicted_sr_steps(residual, radius)
+    finite = predicted[np.isfinite(predicted)]
+    return {
+        "spectral_radius": radius,
+        "spectral_radius_summary": _quartiles(radius),
+        "attracting_count": int((radius < 1).sum()),
+        "residual": residual,
+        "residual_summary": _quartiles(residual),
+        "predicted_sr_steps": predicted,
+        "predicted_sr_steps_summary": _quartiles(finite),
+        "jacobian": "closed form (linear particles)" if spec.linear else "torch.func.jacrev (nonlinear particles)",
+    }
+
+
 def check_options(args: argparse.Namespace) -> None:
     """UsageError for option values out of range."""
     if args.repeats < 1:
@@ -143,11 +189,8 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     check_options(args)
     weights, step, source = run.final_weights()
     ids = np.flatnonzero(run.final_kinds() == SELF_REPLICATOR)
-    if not len(ids):
-        raise AnalysisError(f"{str(run.run_dir)!r} has no self-replicators at step {step}: the robustness experiment "
-                            f"needs at least one")  # fmt: skip
     # noise-free control first, then growing noise
-    levels = [0.0, *sorted({10.0**-e for e in args.noise_exponents})]
+    levels = [0.0, *sorted({10.0**-e for e in args.noise_exponents})] if len(ids) else []
     replicators = weights[torch.as_tensor(ids)].double()  # [R, n]
     generator = torch.Generator().manual_seed(args.noise_seed)
     bank = noisy_copies(replicators, levels, args.repeats, generator)
@@ -163,8 +206,41 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         "noise_seed": args.noise_seed,
         "noise": "uniform in [-s, s] on every weight, float64",
         "levels": {_level_key(level): summarise(result, level) for result, level in zip(results, levels)},
+        "stability": stability(replicators, run.spec),
+        "particle_ids": ids,
     }
-    return Result(numbers, [_figure(run, numbers, results, out_dir / "robustness.png")])
+    figure = _figure if len(ids) else _empty_figure
+    return Result(numbers, [figure(run, numbers, results, out_dir / "robustness.png")])
+
+
+def findings(numbers: dict[str, Any]) -> list[str]:
+    """What the spectral radii say about the final self-replicators, in sentences with numbers."""
+    n, st = numbers["n_self_replicators"], numbers["stability"]
+    if not n:
+        return [f"No particle is a self-replicator at step {numbers['final_step']}, so no fixpoint to test."]
+    radius, predicted = st["spectral_radius_summary"], st["predicted_sr_steps_summary"]
+    attracting = st["attracting_count"]
+    verdict = (
+        f"{attracting} of {n} are attracting fixpoints (rho < 1)"
+        if attracting
+        else f"none is an attracting fixpoint, which needs rho < 1: even the smallest rho, {radius['min']:.4g}, lets a "
+        f"deviation grow {radius['min']:.3g}-fold per self-application"
+    )
+    out = [
+        f"Spectral radius rho of the self-application Jacobian at the {n} final self-replicators: median "
+        f"{radius['median']:.4g} (range {radius['min']:.4g} to {radius['max']:.4g}); {verdict}."
+    ]
+    control = numbers["levels"].get("0", {}).get("sr_steps")
+    if predicted is not None:
+        residual = st["residual_summary"]
+        measured = f"; the noise-free control measures a median of {control['median']:g}" if control else ""
+        out.append(
+            f"From their residuals |p(c_j) - w_j| (median {residual['median']:.2g}, tolerance {KIND_EPS:g}) growing "
+            f"by rho per step, repeated self-application is predicted to keep them self-replicators for a median of "
+            f"{predicted['median']:g} self-applications (range {predicted['min']:g} to {predicted['max']:g}) before "
+            f"they shrink to zero or grow until divergent{measured}."
+        )
+    return out
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
@@ -184,7 +260,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     labels = [_level_label(s) for s in levels]
     x = np.arange(1, len(levels) + 1)
     cap = numbers["max_steps"]
-    fig, axes = new_figure(3, width=5.2, height=4.4)
+    fig, axes = new_figure(4, width=5.2, height=4.4)
     box = {"widths": 0.6, "patch_artist": True, "medianprops": {"color": "black"},
            "flierprops": {"markersize": 3, "alpha": 0.5}}  # fmt: skip
 
@@ -231,12 +307,42 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
               ncol=2)  # fmt: skip
     for ax in axes[0, :2]:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes[0]:
+    for ax in axes[0, :3]:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("noise scale s (uniform in [-s, s])")
-    fig.suptitle(f"{run.name}: noise robustness of the {numbers['n_self_replicators']} final "
+    _stability_panel(axes[0, 3], numbers)
+    fig.suptitle(f"Noise robustness of the {numbers['n_self_replicators']} final "
                  f"{KIND_LABELS['self_replicator']}s (step {numbers['final_step']}), {numbers['repeats']} noisy "
                  f"copies each, self-applied up to {cap} times")  # fmt: skip
+    return save_figure(fig, path)
+
+
+def _stability_panel(ax: Any, numbers: dict[str, Any]) -> None:
+    """The spectral radius of every self-replicator against the attracting region rho < 1."""
+    st = numbers["stability"]
+    radius = np.asarray(st["spectral_radius"])
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(radius))
+    ax.scatter(1 + jitter, radius, s=14, color=KIND_COLOURS["self_replicator"], alpha=0.7, label="self-replicator")
+    ax.axhspan(0, 1, color="#2ca02c", alpha=0.15, label="attracting (rho < 1)")
+    ax.axhline(1, color="black", lw=1, ls=":")
+    ax.set_xlim(0.5, 1.5)
+    ax.set_xticks([])
+    ax.set_ylim(0, max(float(radius.max()) * 1.15, 1.5))
+    ax.set_ylabel("spectral radius rho of the self-application Jacobian")
+    predicted, control = st["predicted_sr_steps_summary"], numbers["levels"]["0"]["sr_steps"]
+    if predicted is not None:
+        ax.text(0.5, 0.04, f"predicted steps as self-replicator: median {predicted['median']:g}\n"
+                f"measured (noise-free control): median {control['median']:g}", transform=ax.transAxes,
+                ha="center", fontsize=8, bbox={"fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Stability of the fixpoints", fontsize=10)
+
+
+def _empty_figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Path) -> Path:
+    fig, axes = new_figure(1, width=6.4, height=2.4)
+    axes[0, 0].set_axis_off()
+    axes[0, 0].text(0.5, 0.5, f"{run.name}: no self-replicators at step {numbers['final_step']},\nso no fixpoint "
+                    f"to perturb", ha="center", va="center", transform=axes[0, 0].transAxes)  # fmt: skip
     return save_figure(fig, path)
 
 

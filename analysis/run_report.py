@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from analysis import report_sections
 from analysis.common import KIND_LABELS, AnalysisError, Parser, Run, metric_label, write_json
 from analysis.pruning import within_tolerance
-from analysis.report_format import fmt, md_figures, md_table, metric_words, yes
+from analysis.report_format import fmt, md_figures, md_table, mean_sd, metric_words, percent, yes
+from analysis.specialisation import read_events
 from sim.record import is_complete
 
 SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness")
@@ -60,7 +62,7 @@ ALL_REPLICATORS = (
 )
 CARRY_REASON = (
     "Self-replication reads input slots 0..3 and the task the last slot, so an exact self-replicator can carry a large "
-    "effective weight (docs/science.md §3); zeroing it removes that weight."
+    "effective weight (section 3 of the toolkit's docs/science.md); zeroing it removes that weight."
 )
 
 
@@ -268,17 +270,23 @@ def _run_markdown(report: RunReport) -> str:
     state = "complete" if report.complete else "not complete (still being written, or stopped)"
     lines = [
         f"# Report: {report.label}\n",
-        f"`{run.run_dir}`: {run.mode}"
+        f"{run.mode.capitalize()} run"
         + (f", {run.attrs.get('task')} task, metric: {metric_label(run.metric_name)}" if run.is_organism else "")
         + f", seed {run.config.seed}, {run.n_particles} particles; record at step {fmt(h.get('final.step'))} of "
-        f"{run.config.steps} ({state}); created {run.attrs.get('created', '?')}, commit "
-        f"`{run.attrs.get('git_commit', '?')}`, device {run.attrs.get('device', '?')}.\n",
+        f"{run.config.steps} ({state}).\n",
+        f"Run directory `{run.run_dir}`; created {run.attrs.get('created', '?')} on {run.attrs.get('device', '?')}, "
+        f"commit `{str(run.attrs.get('git_commit', '?'))[:12]}`. The quantities are defined in the toolkit's "
+        f"docs/science.md.\n",
         "## Findings\n",
     ]
     lines += [f"- {line}" for line in _run_findings(report)]
     lines.append("")
-    rows = [[KIND_LABELS.get(k, k), h.get(f"final.kind_counts.{k}")] for k in run.kind_names]
-    lines += ["## Final state (from the record)\n", md_table(["kind", "particles at the end"], rows)]
+    total = sum(h.get(f"final.kind_counts.{k}", 0) for k in run.kind_names) or 1
+    rows = []
+    for k in run.kind_names:
+        count = h.get(f"final.kind_counts.{k}", 0)
+        rows.append([KIND_LABELS.get(k, k), count, percent(count / total)])
+    lines += ["## Final state (from the record)\n", md_table(["kind", "particles at the end", "share"], rows)]
     for outcome in report.outcomes:
         lines.append(f"## {SCRIPT_TITLES.get(outcome.name, outcome.name)} (`analysis.{outcome.name}`)\n")
         if outcome.status != "done":
@@ -287,9 +295,7 @@ def _run_markdown(report: RunReport) -> str:
         if outcome.name == "pruning":
             lines += _pruning_markdown(run, outcome.numbers)
         else:
-            rows = [[f"`{k}`", v] for k, v in scalars(outcome.numbers, outcome.name).items()]
-            if rows:
-                lines.append(md_table(["number", "value"], rows[:60]))
+            lines += report_sections.body(outcome.name, run, outcome.numbers, report.out)
         lines += md_figures(outcome.figures, report.out)
         lines.append(f"Numbers: [`{outcome.name}.json`]({outcome.name}.json).\n")
     return "\n".join(lines)
@@ -309,13 +315,28 @@ def _run_findings(report: RunReport) -> list[str]:
         out.append(f"At step {fmt(h['final.step'])} the {words} is {metric}; particles by kind: {counts}.")
     elif "final.step" in h:
         out.append(f"At step {fmt(h['final.step'])} the particles by kind are: {counts}.")
-    pruning = report.numbers("pruning")
-    if pruning is not None:
-        out += pruning_findings(run, pruning)
+    out += event_findings(run)
     for o in report.outcomes:
         if o.status != "done":
             out.append(f"`analysis.{o.name}` skipped: {o.note}")
+        elif o.name == "pruning":
+            out += pruning_findings(run, o.numbers)
+        else:
+            sentences = report_sections.findings(o.name, run, o.numbers)
+            if sentences:
+                out.append(f"**{SCRIPT_TITLES.get(o.name, o.name)}.** " + " ".join(sentences))
     return out
+
+
+def event_findings(run: Run) -> list[str]:
+    """The population events of the record in one sentence (none in the default organism runs)."""
+    events = read_events(run)
+    if not len(events["step"]):
+        return []
+    names = list(run.attrs.get("event_names") or [])
+    counts = np.bincount(events["kind"], minlength=len(names))
+    parts = ", ".join(f"{names[k] if k < len(names) else k} {int(c)}" for k, c in enumerate(counts) if c)
+    return [f"Population events over the {fmt(run.steps['step'][-1])} steps: {parts} ({len(events['step'])} in all)."]
 
 
 def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
@@ -327,7 +348,7 @@ def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
     if "self_replicator" in drop:
         out.append(
             f"Dropping all {drop['self_replicator']['count']} self-replicators leaves the {words} at "
-            f"{fmt(eq['self_replicators'])} vs {fmt(full)} full (within 1%: "
+            f"{fmt(eq['self_replicators'])} vs {fmt(full)} full, both in float64 ({tolerance_label(n)}: "
             f"{yes(within['equal_sparsity']['self_replicators'])})."
         )
     else:
@@ -338,16 +359,15 @@ def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
     replicators = drop.get("self_replicator", {}).get("count", 0)
     out.append(
         f"Pure self-replicators (relative task contribution < {n['pure_threshold']:g}): {eq['pure_count']} of "
-        f"{replicators}; dropping them leaves {fmt(eqp['pure_self_replicators'])} (within 1%: "
+        f"{replicators}; dropping them leaves {fmt(eqp['pure_self_replicators'])} ({tolerance_label(n)}: "
         f"{yes(within['equal_sparsity_pure']['pure_self_replicators'])})."
     )
     if eq["count"] > 0:
         out.append(
-            f"At the same sparsity as the self-replicators ({eq['count']} particles, {eq['fraction']:.1%}): "
+            f"At the same sparsity as the self-replicators ({eq['count']} particles, {percent(eq['fraction'])}): "
             f"smallest |effective weight| {fmt(eq['magnitude'])}, smallest L1 norm {fmt(eq['l1'])}, smallest "
-            f"task contribution {fmt(eq['contribution'])}, random {fmt(eq['random_mean'])} ± "
-            f"{fmt(eq['random_sd'])} (sd over {n['random_draws']} draws)."
-            + (ALL_REPLICATORS if eq["fraction"] == 1 else "")
+            f"task contribution {fmt(eq['contribution'])}, random {mean_sd(eq['random_mean'], eq['random_sd'])} "
+            f"(over {n['random_draws']} draws)." + (ALL_REPLICATORS if eq["fraction"] == 1 else "")
         )
     sr = sr_contributions(n)
     if len(sr) and not within["equal_sparsity"]["self_replicators"]:
@@ -371,10 +391,29 @@ def largest_safe_threshold(n: dict[str, Any]) -> float | None:
     scan = n["threshold_scan"]
     safe = None
     for threshold, metric in zip(scan["threshold"], scan["metric"]):
-        if not within_tolerance(metric, n["metric_full"], n["higher_is_better"], n["tolerance"]):
+        if not within_tolerance(metric, n["metric_full"], n["higher_is_better"], n["tolerance"], _floor(n)):
             break
         safe = threshold
     return safe
+
+
+def _floor(n: dict[str, Any]) -> float:
+    return float(n.get("metric_floor", 0.0))
+
+
+def tolerance_label(n: dict[str, Any]) -> str:
+    """ "within 1%", with the float floor where there is one."""
+    floor = _floor(n)
+    return f"within 1% or the {n.get('run_dtype', 'float32')} floor {floor:.2g}" if floor else "within 1%"
+
+
+def floor_words(n: dict[str, Any]) -> str:
+    """The float floor of a pruning result's "within 1%" comparisons, in words."""
+    floor = _floor(n)
+    if floor == 0:
+        return "with no float floor (accuracy counts whole samples)"
+    return (f"or at most the {n.get('run_dtype', 'float32')} floor {floor:.2g} worse where 1% is less (differences "
+            f"below it are rounding of the run's dtype)")  # fmt: skip
 
 
 def pure_justification(threshold: float) -> str:
@@ -386,19 +425,20 @@ def _pruning_markdown(run: Run, n: dict[str, Any]) -> list[str]:
     within = n["within_tolerance"]
     lines = [
         f"Full organism: {metric_words(run)} {fmt(full)} (final weights from the {n['weights_source']}, step "
-        f"{n['final_step']}). *Within 1%* means at most 1% (relative) worse than the full organism.\n",
+        f"{n['final_step']}; every metric evaluated in float64). *Within 1%* means at most 1% (relative) worse than "
+        f"the full organism, {floor_words(n)}.\n",
         "### Particle dropout\n",
     ]
     rows = []
     for kind, d in n["dropout"].items():
-        ok = within_tolerance(d["metric"], full, n["higher_is_better"], n["tolerance"])
+        ok = within_tolerance(d["metric"], full, n["higher_is_better"], n["tolerance"], _floor(n))
         rows.append([KIND_LABELS.get(kind, kind), d["count"], d["metric"], d["metric"] - full, yes(ok)])
     lines.append(md_table(["kind zeroed", "count", "metric", "change vs full", "within 1%"], rows))
     lines.append("### Pruning at equal sparsity\n")
     header = [
         "strategy",
-        f"zeroing {eq['count']} ({eq['fraction']:.1%}, as many as the self-replicators)",
-        f"zeroing {eqp['count']} ({eqp['fraction']:.1%}, as many as the pure self-replicators)",
+        f"zeroing {eq['count']} ({percent(eq['fraction'])}, as many as the self-replicators)",
+        f"zeroing {eqp['count']} ({percent(eqp['fraction'])}, as many as the pure self-replicators)",
     ]
     rows = []
     for (key, label), key_pure in zip(STRATEGIES["equal_sparsity"].items(), STRATEGIES["equal_sparsity_pure"]):

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
+    AnalysisError,
     Result,
     Run,
     kind_legend_handles,
@@ -158,14 +159,25 @@ def _best(run: Run, metric: np.ndarray) -> float:
 
 
 def _stack(ax: Any, steps: np.ndarray, counts: np.ndarray, names: list[str]) -> list[str]:
-    """Stacked area of the kinds that ever occur; returns their names in drawing order."""
+    """Stacked area of the kinds that ever occur (counts, or shares that sum to 1); returns their names in drawing
+    order."""
     present = [k for k in range(len(names)) if counts[:, k].any()]
     ax.stackplot(steps, counts[:, present].T, colors=[KIND_COLOURS[names[k]] for k in present], alpha=0.9)
     if len(steps) > 1:
         ax.set_xlim(steps[0], steps[-1])
-    ax.set_ylim(0, counts[0].sum())
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    total = counts[0].sum()
+    ax.set_ylim(0, total)
+    if total > 1.5:  # counts, not shares
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return [names[k] for k in present]
+
+
+def _chance(run: Run) -> float | None:
+    """The run's chance level (`Run.chance`), or None where the task cannot be rebuilt (its data is gone)."""
+    try:
+        return run.chance
+    except AnalysisError:
+        return None
 
 
 def _markers(ax: Any, numbers: dict[str, Any], first_step: int) -> None:
@@ -187,7 +199,7 @@ def _kinds_figure(run: Run, numbers: dict[str, Any], counts: np.ndarray, path: P
     ax.set_xlabel("step")
     ax.set_ylabel("particles")
     final = numbers["kind_counts"]
-    ax.set_title(f"Particle kinds over time, {run.name} ({run.mode}, {run.n_particles} particles)")
+    ax.set_title(f"Particle kinds over time ({run.mode}, {run.n_particles} particles)")
     labelled = [f"{KIND_LABELS[k]} (end: {final[k]})" for k in present]
     handles = kind_legend_handles(present)
     for h, label in zip(handles, labelled):
@@ -212,6 +224,9 @@ def _training_figure(
         ax.plot(run.steps["step"], train, color="#aaaaaa", lw=0.5, alpha=0.7, label="train batch")
         metric = numbers["series"]["held_out_metric"]
         ax.plot(steps, metric, color="black", lw=1.5, label="held-out")
+        chance = _chance(run)
+        if chance is not None:
+            ax.axhline(chance, color="black", ls=":", lw=1, label=f"chance: output 0 ({chance:.3g})")
         upper = run.metric.upper if run.metric is not None else None
         if not positive_log_scale(ax, np.concatenate([train, metric])) and upper is not None:
             ax.set_ylim(0, upper)
@@ -243,7 +258,7 @@ def _training_figure(
     ax.set_ylabel("SR loss")
     ax.set_title(f"Self-replication loss (end: median {numbers['final_sr_loss_median']:.3g})")
     ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{run.name}: training over time")
+    fig.suptitle("Training over time")
     return save_figure(fig, path)
 
 
@@ -259,16 +274,16 @@ def _layers_figure(run: Run, numbers: dict[str, Any], layer_counts: np.ndarray, 
         if i >= L:
             ax.set_axis_off()
             continue
-        present.update(_stack(ax, steps, layer_counts[i], run.kind_names))
-        n_sr = numbers["per_layer"][str(i)]["kind_counts"]["self_replicator"]
         total = layer_counts[i, 0].sum()
+        present.update(_stack(ax, steps, layer_counts[i] / max(total, 1), run.kind_names))
+        n_sr = numbers["per_layer"][str(i)]["kind_counts"]["self_replicator"]
         ax.set_title(f"layer {i}: {sizes[i]} → {sizes[i + 1]} neurons\n"
                      f"{total} particles, {n_sr} self-replicators at the end", fontsize=9)  # fmt: skip
         ax.set_xlabel("step")
-        ax.set_ylabel("particles")
+        ax.set_ylabel("share of the layer's particles")
     order = [k for k in run.kind_names if k in present]
     fig.legend(handles=kind_legend_handles(order), loc="outside lower center", ncol=len(order), fontsize=8)
-    fig.suptitle(f"Particle kinds per layer over time, {run.name}")
+    fig.suptitle("Share of each kind per layer over time")
     return save_figure(fig, path)
 
 

@@ -21,7 +21,7 @@ from analysis.common import (
     write_json,
 )
 from analysis.group_report import CONFIDENCE, KEY_NUMBERS, report_group
-from analysis.report_format import fmt, md_figures, md_table
+from analysis.report_format import fmt, interval, md_figures, md_table
 from analysis.run_report import FIGURES, Script
 from sim.record import RecordError, is_complete
 
@@ -158,12 +158,12 @@ def _sweep_figure(
                 # lines that coincide stay visible through their markers: each key has its own, smaller each time
                 ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], marker=MARKERS[i % len(MARKERS)], ms=8 - 1.2 * i,
                             capsize=4, label=name)  # fmt: skip
-                every.append(mean)
+                every += [mean, lo, hi]
         if numeric:
             positive_log_scale(ax, np.array([float(v) for v in values]), axis="x")
         else:
             ax.set_xticks(range(len(values)), [str(v) for v in values])
-        positive_log_scale(ax, np.concatenate(every))
+        positive_log_scale(ax, np.concatenate(every))  # means and both interval ends: no whisker through 0
         ax.set_xlabel(param)
         ax.set_ylabel(metric_label(metric_name) if ylabel == "metric" else ylabel)
         ax.set_title(title, fontsize=10)
@@ -183,7 +183,8 @@ def _sweep_markdown(
     lines = [
         f"# Sweep report: `{sweep_dir}`\n",
         f"Swept: {', '.join(f'`{p}`' for p in parameters) or 'nothing'}. Each point aggregates its seeds whose run "
-        f"is done with a complete record: mean ± sd with the {CONFIDENCE:.0%} t-interval of the mean.\n",
+        f"is done with a complete record: the mean with the {CONFIDENCE:.0%} t-interval of the mean [lo, hi] (one "
+        f"seed: the value alone).\n",
     ]
     keys = [k for k in SWEEP_COLUMNS if any(k in r["aggregate"] for r in results)]
     header = ["point", *parameters, "runs", *(KEY_NUMBERS[k] for k in keys)]
@@ -196,7 +197,7 @@ def _sweep_markdown(
         ]
         for k in keys:
             s = r["aggregate"].get(k)
-            cells.append("–" if s is None else (fmt(s["mean"]) + (f" ± {fmt(s['sd'])}" if s["sd"] is not None else "")))
+            cells.append("–" if s is None else fmt(s["mean"]) + (f" {interval(*s['ci95'])}" if s["ci95"] else ""))
         rows.append(cells)
     lines += ["## Points\n", md_table(header, rows)]
     lines += ["## Headline numbers against the parameters\n"] + md_figures(figures, out)

@@ -1,15 +1,21 @@
-"""`python -m analysis.trajectories RUN_DIR`: particle weight trajectories over the run, in principal components.
+"""`python -m analysis.trajectories RUN_DIR`: how the particles' weights move over the run, by final kind.
 
-Reads the weight snapshots `/snapshots/weights [S, P, n]` and, per layer of an organism (or for the whole soup), fits
-a PCA (numpy SVD of the centred rows of all snapshots of that layer's particles) and draws every particle's path
-through the snapshots in the first two and the first three components, coloured by the particle's final kind:
-`trajectories_2d.png` and `trajectories_3d.png`. The PCA uses every particle with finite weights in every snapshot
-(divergent ones are left out and counted); to stay readable, at most `--max-lines` particles of each kind are drawn
-per panel (a fixed random subset, stated in the panel title). Snapshots start at the first `snapshot_every` step: the
-initial weights are not in the record.
+Reads the weight snapshots `/snapshots/weights [S, P, n]` and draws:
+- `trajectories_distance.png`: every particle's Euclidean distance to its own final weights at every snapshot, per
+  layer of an organism (or for the whole soup), the median and 10-90% band of each final kind; where a kind's curve
+  falls to the floor its particles have settled;
+- `trajectories_movement.png`: the distance moved per step between consecutive snapshots, per final kind;
+- `trajectories_2d.png`, only for the panels where it carries information: the particles' paths in the first two
+  principal components of a layer (numpy SVD of the centred rows of all its snapshots), drawn when those two explain
+  at least `PCA_MIN_VARIANCE` (50%) of the variance. Below that a 2-D projection is a structureless cloud; the numbers
+  and the report then say so instead.
+Divergent particles (non-finite weights in some snapshot) are left out and counted. Snapshots start with the initial
+weights (step 0); a run of 0 steps has that one snapshot, which gives the numbers and, where it explains enough, the
+PCA panel, but no distance or movement (they need two snapshots).
 
-Numbers: explained variance ratios of the leading components per layer, and the mean path length in weight space
-(summed distance between consecutive snapshots) per final kind.
+Numbers: explained variance ratios of the leading components per layer, the mean path length (summed distance between
+consecutive snapshots) and the median distance to the final weights per snapshot and final kind, the first snapshot
+at which that median is below 1% of its first value (`settled_step`), and the last movement per step.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from typing import Any
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
-from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
 from analysis.common import (
     KIND_COLOURS,
@@ -39,6 +44,8 @@ from analysis.common import (
 from sim.particles import DRAW_ORDER
 
 DEFAULT_MAX_LINES = 150  # particles of each kind drawn per panel
+PCA_MIN_VARIANCE = 0.5  # the 2-D projection of a layer is drawn only when its two components explain this much
+SETTLED = 0.01  # a kind has settled once its median distance to the final weights is below this share of the first
 N_RATIOS = 10  # explained variance ratios reported per layer
 SUBSET_SEED = 0  # the drawn subset is fixed, so reruns draw the same particles
 
@@ -82,10 +89,11 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
-    """PCA trajectories per layer in 2-D and 3-D, explained variance and path lengths; figures into `out_dir`."""
+    """Distance to the final weights and movement over time per final kind, PCA paths where they explain enough;
+    figures into `out_dir`."""
     run.require_particles("weight trajectories coloured by kind")
     check_options(args)
-    run.require_rows("snapshots", 2, "weight trajectories")
+    run.require_rows("snapshots", 1, "weight trajectories")
     snapshots = run.snapshots()  # [S, P, n]
     kinds = run.final_kinds()  # [P]
     names = run.kind_names
@@ -134,52 +142,66 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     numbers["movement_per_step_last"] = {
         names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
         for code in np.unique(kinds)
-        if ((kinds == code) & finite).any()
+        if len(speed) and ((kinds == code) & finite).any()
     }
+    distance = np.linalg.norm(snapshots.astype(np.float64) - snapshots[-1:].astype(np.float64), axis=2)  # [S, P]
+    numbers["distance_to_final"] = {}
+    numbers["settled_step"] = {}
+    for code in np.unique(kinds):
+        mine = (kinds == code) & finite
+        if not mine.any():
+            continue
+        median = np.median(distance[:, mine], axis=1)  # [S]
+        numbers["distance_to_final"][names[code]] = median
+        below = np.flatnonzero(median <= SETTLED * median[0]) if median[0] > 0 else np.array([0])
+        numbers["settled_step"][names[code]] = int(run.snapshot_steps[below[0]]) if len(below) else None
+    shown = [p for p in panels if p["ratio"][:2].sum() >= PCA_MIN_VARIANCE]
+    numbers["pca_min_variance"] = PCA_MIN_VARIANCE
+    numbers["pca_drawn"] = ["all" if p["layer"] is None else str(p["layer"]) for p in shown]
     present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]
-    figures = [
-        _figure(run, panels, present, 2, out_dir / "trajectories_2d.png"),
-        _figure(run, panels, present, 3, out_dir / "trajectories_3d.png"),
-        _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
-    ]
+    figures = []
+    if len(speed):  # distance and movement need two snapshots
+        figures += [
+            _distance_figure(run, panels, distance, kinds, present, out_dir / "trajectories_distance.png"),
+            _movement_figure(run, panels, speed, kinds, present, out_dir / "trajectories_movement.png"),
+        ]
+    if shown:
+        figures.append(_figure(run, shown, present, out_dir / "trajectories_2d.png"))
     return Result(numbers, figures)
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
 
 
-def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], dims: int, path: Path) -> Path:
+def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], path: Path) -> Path:
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
-    kwargs = {"subplot_kw": {"projection": "3d"}} if dims == 3 else {}
     # a single panel (a soup) still gets room for the title and the legend
-    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=4.6 if cols > 1 else 6.0, rows=rows, **kwargs)
+    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=4.6 if cols > 1 else 6.0, rows=rows)
     names = run.kind_names
     for i, ax in enumerate(axes.ravel()):
         if i >= len(panels):
             ax.set_axis_off()
             continue
         panel = panels[i]
-        points = panel["projected"][:, :, :dims]  # [S, D, dims]
+        points = panel["projected"][:, :, :2]  # [S, D, 2]
         many = points.shape[1] > 100
         for name in DRAW_ORDER:  # rare kinds last, on top
             mine = np.array([names[k] == name for k in panel["drawn_kinds"]], dtype=bool)
             if not mine.any():
                 continue
-            paths = points[:, mine].transpose(1, 0, 2)  # [D_k, S, dims]
+            paths = points[:, mine].transpose(1, 0, 2)  # [D_k, S, 2]
             color = KIND_COLOURS[name]
             style = {"colors": color, "linewidths": 0.5 if many else 1.0, "alpha": 0.35 if many else 0.8}
-            ax.add_collection(Line3DCollection(paths, **style) if dims == 3 else LineCollection(paths, **style))
+            ax.add_collection(LineCollection(paths, **style))
             start, end = paths[:, 0].T, paths[:, -1].T
             ax.scatter(*start, s=8, facecolors="none", edgecolors=color, linewidths=0.6, alpha=0.6)
             ax.scatter(*end, s=10 if many else 18, color=color, edgecolors="black", linewidths=0.3)
         _limits(ax, points)
         ratio = panel["ratio"]
-        labels = [f"PC{j + 1} ({ratio[j]:.1%})" if j < len(ratio) else f"PC{j + 1}" for j in range(dims)]
+        labels = [f"PC{j + 1} ({ratio[j]:.1%})" if j < len(ratio) else f"PC{j + 1}" for j in range(2)]
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
-        if dims == 3:
-            ax.set_zlabel(labels[2])
         where = "all particles" if panel["layer"] is None else _layer_name(run, panel["layer"])
         shown = f", {points.shape[1]} drawn" if points.shape[1] < len(panel["ids"]) else ""
         left_out = panel["n_particles"] - len(panel["ids"])
@@ -192,8 +214,45 @@ def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], dims: in
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) if cols > 1 else 2, fontsize=8)
     scope = "per layer" if run.is_organism else "of all particles"
-    fig.suptitle(f"{run.name}: particle weights over {len(steps)} snapshots,\nPCA {scope} ({dims}-D), coloured by "
-                 f"final kind")  # fmt: skip
+    fig.suptitle(f"Particle weights over {len(steps)} snapshots, PCA {scope}, coloured by final kind",
+                 fontsize=10)  # fmt: skip
+    return save_figure(fig, path)
+
+
+def _distance_figure(
+    run: Run, panels: list[dict[str, Any]], distance: np.ndarray, kinds: np.ndarray, present: list[str], path: Path
+) -> Path:
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = new_figure(cols, width=max(4.6, 8.0 / cols), height=3.8 if cols > 1 else 4.6, rows=rows)
+    names = np.array(run.kind_names)
+    steps = run.snapshot_steps[:-1]  # at the last snapshot every distance is 0 by definition
+    values = distance[:-1]
+    positive = values[np.isfinite(values) & (values > 0)]
+    floor = positive.min() / 10 if len(positive) else 1e-30  # a particle already at its final weights sits here
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        ids = panels[i]["ids"]
+        for name in [k for k in DRAW_ORDER if k in present]:
+            mine = ids[names[kinds[ids]] == name]
+            if not len(mine):
+                continue
+            d = np.maximum(values[:, mine], floor)
+            colour = KIND_COLOURS[name]
+            lo, mid, hi = np.percentile(d, [10, 50, 90], axis=1)
+            ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, lw=0)
+            ax.plot(steps, mid, color=colour, lw=2, label=f"{KIND_LABELS[name]} ({len(mine)})")
+        ax.axhline(floor, color="black", ls=":", lw=1, label="at the final weights")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("distance to the final weights")
+        where = "all particles" if panels[i]["layer"] is None else _layer_name(run, panels[i]["layer"])
+        ax.set_title(where, fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Distance of each particle's weights to its final weights (median and 10-90% band per final kind)",
+                 fontsize=10)  # fmt: skip
     return save_figure(fig, path)
 
 
@@ -230,8 +289,8 @@ def _movement_figure(
         where = "all particles" if panels[i]["layer"] is None else _layer_name(run, panels[i]["layer"])
         ax.set_title(where, fontsize=9)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{run.name}: how fast the particles' weights move, coloured by final kind\n(Euclidean distance "
-                 f"between consecutive snapshots per step; thin: single particles, thick: median)")  # fmt: skip
+    fig.suptitle("How fast the weights move, by final kind (distance between snapshots per step; thin: single "
+                 "particles, thick: median)", fontsize=10)  # fmt: skip
     return save_figure(fig, path)
 
 
@@ -240,13 +299,12 @@ def _layer_name(run: Run, layer: int) -> str:
 
 
 def _limits(ax: Any, points: np.ndarray) -> None:
-    """Axis limits around every drawn point, with a margin (collections do not update 3-D limits)."""
+    """Axis limits around every drawn point, with a margin (collections do not update the limits)."""
     if points.size == 0:
         return
     low, high = points.min(axis=(0, 1)), points.max(axis=(0, 1))
     pad = np.maximum((high - low) * 0.05, 1e-12)
-    setters = [ax.set_xlim, ax.set_ylim] + ([ax.set_zlim] if points.shape[2] == 3 else [])
-    for setter, lo, hi, p in zip(setters, low, high, pad):
+    for setter, lo, hi, p in zip((ax.set_xlim, ax.set_ylim), low, high, pad):
         setter(lo - p, hi + p)
 
 

@@ -158,7 +158,7 @@ def gate_progress(model: ParticleModel) -> tuple[str, float]:
     line = model.gate_status()
     threshold = model.config.train.task_first_threshold or 0.0
     if line is None:
-        name = {"accuracy": "accuracy", "mae": "MAE"}.get(model.task.metric_name, model.task.metric_name)
+        name = model.task.metric_info.short
         return f"self-training starts at train {name} {threshold:.3g}: no step yet", 0.0
     now = float(model.summary["train_metric"])
     higher = getattr(model.task, "higher_is_better", True)

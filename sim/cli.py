@@ -3,6 +3,7 @@
 Every CLI (`sim.run`, `sim.sweep`, `sim.bench`, `sim.view` and the `analysis` scripts) reports bad input the same
 way: one line `PROG: error: MESSAGE` on stderr and exit status 2, no traceback. The parser raises `UsageError`
 instead of exiting, so a CLI's `main` catches it with the other bad-input errors and hands them to `error_exit`.
+`resolve_device` (the device a `--device` flag names) is the config's own, the one every CLI and model uses.
 """
 
 from __future__ import annotations

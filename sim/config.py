@@ -22,7 +22,7 @@ import yaml
 
 from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
-from sim.tasks import TASK_TABLE
+from sim.tasks import DEFAULT_RESIZE, RESIZE_MODES, TASK_TABLE
 
 MODES = ("organism", "soup", "dense")
 TASKS = tuple(TASK_TABLE)
@@ -51,7 +51,7 @@ class OrganismConfig:
     width: int | None = _f(None, lo=1)
     depth: int = _f(3, lo=1)
     hidden: list[int] | None = _f(None, lo=1)
-    residual: bool = _f(False)
+    residual: bool = _f(True)  # a skip around every pair of middle layers, on as in the reference
     activation: str = _f("none", choices=ACTIVATION_NAMES)
 
 
@@ -79,6 +79,8 @@ class TaskConfig:
     batch_size: int | None = _f(None, lo=1)
     data_dir: str | None = _f(None)
     image_side: int = _f(15, lo=1, hi=28)  # MNIST images resized to side x side (the paper: 15; 28: no resize)
+    # how: bilinear (the reference's torchvision Resize on tensors), bilinear_antialias, or area (pixel averages)
+    resize: str = _f(DEFAULT_RESIZE, choices=RESIZE_MODES)
 
 
 @dataclass
@@ -91,6 +93,8 @@ class TrainConfig:
     alpha: float = _f(1.0, lo=0.0)
     # self-training starts once the running train metric reaches this (accuracy >= t, MAE <= t); 0: from the start
     task_first_threshold: float | None = _f(None, lo=0.0)
+    # ... decided every this many steps on the mean train metric of those steps (the reference: once per epoch)
+    task_first_window: int = _f(10, lo=1)
     order: str = _f("sr_first", choices=TRAIN_ORDERS)
     # fresh: SR optimiser re-created every step (the reference); persistent: its own, kept; shared: the task's
     sr_optimizer: str = _f("fresh", choices=SR_OPTIMIZERS)

@@ -16,6 +16,7 @@ import torch
 
 from sim.config import Config
 from sim.model import OrganismModel
+from sim.organism import check_residual_widths
 from sim.particles import ACTIVATIONS, ParticleSpec
 
 NO_KIND = -1  # the kind code of every connection of the dense control
@@ -30,6 +31,8 @@ class DenseNetwork:
         if activation not in ACTIVATIONS:
             raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.sizes = list(sizes)
+        if residual:
+            check_residual_widths(self.sizes)
         self.residual = residual
         self.activation = activation
         counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]

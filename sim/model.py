@@ -119,6 +119,9 @@ class ParticleModel(mesa.Model):
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
+        # the gate's own accumulator: its window is `train.task_first_window` steps, whatever the record settings
+        self._gate_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._gate_count = 0
         self.summary: dict[str, Any] = {}  # the latest logged numbers, for progress displays
         self.datacollector = LogCollector(model_reporters=REPORTERS)
 
@@ -130,6 +133,10 @@ class ParticleModel(mesa.Model):
                 self.run_dir / RECORD_NAME, self._record_attrs(), n_particles, self.weights.shape[1],
                 self._topology(), resume_rows=rows,
             )  # fmt: skip
+            if not resume:
+                # the initial state is step 0: a run of 0 steps is a complete record of it
+                self._log(0)
+                self._snapshot(0)
 
     @property
     def n_particles(self) -> int:
@@ -191,7 +198,7 @@ class ParticleModel(mesa.Model):
         train accuracy 0.85: now 0.71", the running train metric of the last log interval); None once it runs."""
         if self.sr_active or not self.summary:
             return None
-        name = {"accuracy": "accuracy", "mae": "MAE"}.get(self.task.metric_name, self.task.metric_name)
+        name = self.task.metric_info.short
         return (
             f"self-training starts at train {name} {self._gate_threshold():.3g}: now {self.summary['train_metric']:.3g}"
         )
@@ -246,12 +253,15 @@ class ParticleModel(mesa.Model):
         """One simulation step (docs/science.md §4); Mesa has already advanced `self.steps` to this step's number."""
         started = time.perf_counter()
         step = self.steps
+        sr_active = self.sr_active  # the gate may open during this step, for the next
         task_loss, metric, mean_sr = self.train_step()
         self._metric_sum += metric.detach().double()
         self._metric_count += 1
+        if not self.sr_active:
+            self._update_gate(step, metric.detach())
         events = self._events()
         if self.record is not None:
-            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), self.sr_active,
+            self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
             self.record.add_events(step, events)
         last = step >= self.config.steps
@@ -272,21 +282,35 @@ class ParticleModel(mesa.Model):
             self.weights, self.spec, indptr, indices, self.rates, self.generator, self.event_params
         )
 
+    def _update_gate(self, step: int, metric: torch.Tensor) -> None:
+        """The train-task-first gate (docs/science.md §4): at every step that is a multiple of
+        `train.task_first_window`, it opens for good if the mean train metric of the window's steps reached the
+        threshold. It reads nothing of the record settings, so logging cannot move it; the host reads the metric
+        once per window."""
+        self._gate_sum += metric.double()
+        self._gate_count += 1
+        if step % self.config.train.task_first_window:
+            return
+        mean = float(self._gate_sum) / self._gate_count
+        self._gate_sum.zero_()
+        self._gate_count = 0
+        self.sr_active = self.task.gate_open(mean, self._gate_threshold())
+
     def _log(self, step: int) -> None:
-        """Classify, log per-particle state, update the train-task-first gate, flush the record."""
+        """Classify, log per-particle state, flush the record."""
         with torch.no_grad():
             kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
-        running = float(self._metric_sum) / max(self._metric_count, 1)
+        # the mean train metric since the last log (NaN at step 0, before any training)
+        running = float(self._metric_sum) / self._metric_count if self._metric_count else float("nan")
         self._metric_sum.zero_()
         self._metric_count = 0
-        if not self.sr_active and self.task.gate_open(running, self._gate_threshold()):
-            self.sr_active = True
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
                         "sr_active": self.sr_active}  # fmt: skip
-        self.datacollector.collect(self)
+        if step > 0:  # the collector's entry i is step i + 1 (Mesa's layout); the initial state lives in the record
+            self.datacollector.collect(self)
         if self.record is not None:
             self.record.add_particles(step, held_out, kind, losses, effective, len(KIND_NAMES))
             self.record.flush(every=FLUSH_SECONDS)
@@ -315,6 +339,8 @@ class ParticleModel(mesa.Model):
             "sr_active": self.sr_active,
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
+            "gate_sum": float(self._gate_sum),
+            "gate_count": self._gate_count,
             "record_rows": self.record.rows() if self.record is not None else {},
         }
 
@@ -334,6 +360,8 @@ class ParticleModel(mesa.Model):
         self.sr_active = state["sr_active"]
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
+        self._gate_sum.fill_(state["gate_sum"])
+        self._gate_count = state["gate_count"]
         self.steps = state["step"]
         return state["record_rows"]
 
@@ -386,7 +414,7 @@ class OrganismModel(ParticleModel):
         dtype = DTYPES[config.dtype]
         device = resolve_device(config.device)
         t = config.task
-        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side)
+        self.task = make_task(t.name, config.seed, device, dtype, t.data_dir, t.image_side, t.resize)
         o = config.organism
         self.sizes = layer_sizes(self.task.d_in, o.width, o.depth, self.task.d_out, o.hidden)
         self.organism = self._network(config, config.particle.spec())

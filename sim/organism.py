@@ -14,16 +14,34 @@ import torch
 from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
 
 
+def skipped_pairs(depth: int) -> list[int]:
+    """The first layer of every pair of middle layers that a residual skip goes around, for `depth` layers: 1, 3, 5, ...
+    while the pair's second layer is still a middle one (the first and last layers never take part)."""
+    return list(range(1, depth - 2, 2))
+
+
+def check_residual_widths(sizes: list[int]) -> None:
+    """ValueError unless the widths around every skipped pair of layer sizes `sizes` match (the skip adds them)."""
+    for first in skipped_pairs(len(sizes) - 1):
+        if sizes[first] != sizes[first + 2]:
+            raise ValueError(
+                f"organism.residual adds the input of layer {first} to the output of layer {first + 1}, which needs "
+                f"equal widths, got {sizes[first]} and {sizes[first + 2]} (set organism.residual false)"
+            )
+
+
 class Organism:
     """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
 
-    def __init__(self, sizes: list[int], spec: ParticleSpec, residual: bool = False, activation: str = "none") -> None:
+    def __init__(self, sizes: list[int], spec: ParticleSpec, residual: bool = True, activation: str = "none") -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.sizes = list(sizes)
         self.spec = spec
         self.residual = residual
         self.activation = activation
+        if residual:
+            check_residual_widths(self.sizes)
         counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]
         self.offsets = [0, *itertools.accumulate(counts)]  # particle id range of layer l: offsets[l]:offsets[l+1]
 
@@ -56,19 +74,19 @@ class Organism:
             effective = effective_weights(weights, self.spec).split(counts)  # [P_l] per layer
         act = ACTIVATIONS[self.activation]
         skip = None
+        pairs = skipped_pairs(self.depth)
         for layer in range(self.depth):
             if layer_inputs is not None:
                 layer_inputs.append(x)
-            middle = 0 < layer < self.depth - 1
             # the reference adds a skip around every pair of middle layers
-            if self.residual and middle and (layer - 1) % 2 == 0 and layer + 1 < self.depth - 1:
+            if self.residual and layer in pairs:
                 skip = x
             n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
             if path == "fast":
                 x = x @ effective[layer].view(n_out, n_in).T
             else:
                 x = self._general_layer(weights[self.layer_slice(layer)], x, n_in, n_out)
-            if skip is not None and (layer - 1) % 2 == 1:
+            if skip is not None and layer - 1 in pairs:
                 x = x + skip
                 skip = None
             if act is not None and layer < self.depth - 1:

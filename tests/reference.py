@@ -11,7 +11,13 @@ from torch import nn
 
 POSITION_EPS = 1e-8  # docs/science.md §1: "plus a tiny epsilon, so no column is exactly zero"
 KIND_EPS = 1e-5  # docs/science.md §2
-ACTIVATIONS = {"none": None, "tanh": torch.tanh, "relu": torch.relu}
+ACTIVATIONS = {
+    "none": None,
+    "tanh": torch.tanh,
+    "relu": lambda x: torch.where(x > 0, x, 0.0 * x),
+    "sigmoid": lambda x: 1.0 / (1.0 + torch.exp(-x)),
+    "leaky_relu": lambda x: torch.where(x > 0, x, 0.01 * x),  # torch's default negative slope
+}
 
 
 class ReferenceParticle(nn.Module):

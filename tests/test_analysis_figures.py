@@ -10,6 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from helpers import one_line_error
 
 from analysis import connectivity, robustness, specialisation, trajectories
 
@@ -48,17 +49,6 @@ def truncate(group: str, rows: int) -> Callable[[h5py.File], None]:
             dataset.resize(rows, axis=0)
 
     return edit
-
-
-def one_line_error(capsys: Any, main: Callable[[list[str]], int], argv: list[str], *words: str) -> str:
-    """Assert that `main(argv)` exits with status 2 and one stderr line that contains every one of `words`."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 def pngs_exist(paths: list[str | Path]) -> None:

@@ -102,7 +102,8 @@ def test_single_run_summary_matches_record_and_pruning_json(single):
     if n_sr:
         sentence = (f"Dropping all {n_sr} self-replicators leaves the held-out MAE at "
                     f"{fmt(numbers['equal_sparsity']['self_replicators'])} vs "
-                    f"{fmt(numbers['metric_full'])} full (within 1%: ")  # fmt: skip
+                    f"{fmt(numbers['metric_full'])} full, both in float64 (within 1% or the float32 floor "
+                    f"{numbers['metric_floor']:.2g}: ")  # fmt: skip
         assert sentence in md
     assert "### The pure threshold (0.01)" in md
 
@@ -114,6 +115,7 @@ def test_pruning_json_of_the_report_equals_the_script(single, tmp_path):
     assert json.loads(path.read_text()) == json.loads((out / "pruning.json").read_text())
 
 
+@pytest.mark.slow  # whole reports over several runs
 def test_several_runs_aggregate_mean_sd_and_t_interval(seed_runs, tmp_path, capsys):
     assert report.main([*map(str, seed_runs), *DRAWS]) == 2
     assert "need --out" in capsys.readouterr().err
@@ -165,6 +167,7 @@ def test_bands_against_numpy():
     assert np.all(glo > 0) and np.all(glo < gmean) and np.all(gmean < ghi)
 
 
+@pytest.mark.slow  # whole reports over several runs
 def test_sweep_directory(seed_runs, tmp_path):
     sweep = tmp_path / "sweep"
     entries = []
@@ -287,6 +290,7 @@ def test_bad_report_options(arithmetic_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_report_on_a_record_being_written(tmp_path):
     out = tmp_path / "live"
     command = [sys.executable, "-m", "sim.run", "--quiet", "--task", "arithmetic", "--steps", "1000000", "--out",

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 from test_analysis_figures import edited_copy, one_line_error, pngs_exist, read_record, run_cli
+from test_particles import plain_self_application
 
-from analysis.robustness import iterate_self_application, main, noisy_copies
+from analysis.robustness import findings, iterate_self_application, main, noisy_copies
 from sim.particles import DIVERGENT, OTHER, SELF_REPLICATOR, ZERO, ParticleSpec
 
-SPEC = ParticleSpec()  # linear, k = h = 5: the defaults of every fixture
+SPEC = ParticleSpec()  # linear, k = h = 5: the defaults of the MNIST and soup fixtures
+ARITHMETIC_SPEC = ParticleSpec(5, 3)
 EPS = 1e-5
 
 
@@ -127,13 +129,43 @@ def test_run_numbers_match_a_plain_loop_per_particle(soup_run, tmp_path):
     pngs_exist([out / "robustness.png"])
 
 
-def test_a_run_without_self_replicators_is_one_line_and_status_2(soup_run, tmp_path, capsys):
+def test_a_run_without_self_replicators_says_so(soup_run, tmp_path):
     def no_replicators(f):
         kinds = f["particles/kind"]
         kinds[-1] = np.full(kinds.shape[1], OTHER, dtype=kinds.dtype)
 
     copy = edited_copy(soup_run, tmp_path / "run", no_replicators)
-    one_line_error(capsys, main, [str(copy), "--out", str(tmp_path / "out")], "no self-replicators")
+    numbers, out = run_cli(main, copy, tmp_path)
+    assert numbers["n_self_replicators"] == 0 and numbers["levels"] == {}
+    assert numbers["stability"]["spectral_radius"] == [] and numbers["stability"]["attracting_count"] == 0
+    assert "No particle is a self-replicator" in findings(numbers)[0]
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a figure that says so
+
+
+def test_spectral_radius_and_predicted_steps_match_a_plain_computation(arithmetic_run, tmp_path):
+    numbers, out = run_cli(main, arithmetic_run, tmp_path, "--repeats", "1", "--max-steps", "40",
+                           "--noise-exponents", "6")  # fmt: skip
+    r = read_record(arithmetic_run)
+    weights = torch.load(arithmetic_run / "checkpoint.pt", weights_only=False)["weights"].double()
+    ids = np.flatnonzero(r["particles/kind"][-1] == SELF_REPLICATOR)
+    assert numbers["particle_ids"] == ids.tolist() and len(ids) > 0
+    k, h = ARITHMETIC_SPEC.weight_interface, ARITHMETIC_SPEC.hidden
+    stability = numbers["stability"]
+    for i, p in enumerate(ids):
+        w = weights[p]
+        jacobian = torch.func.jacrev(plain_self_application)(w, k, h, "none")
+        radius = float(abs(torch.linalg.eigvals(jacobian)).max())
+        residual = float((plain_self_application(w, k, h, "none") - w).abs().max())
+        assert stability["spectral_radius"][i] == pytest.approx(radius, rel=1e-9)
+        assert stability["residual"][i] == pytest.approx(residual, rel=1e-9, abs=1e-15)
+        t = 1
+        while residual * radius**t < EPS:
+            t += 1
+        assert stability["predicted_sr_steps"][i] == t
+    assert stability["attracting_count"] == sum(x < 1 for x in stability["spectral_radius"])
+    lines = findings(numbers)
+    assert f"{stability['spectral_radius_summary']['median']:.4g}" in lines[0]
+    assert f"median of {stability['predicted_sr_steps_summary']['median']:g} self-applications" in lines[1]
 
 
 @pytest.mark.parametrize("option", [["--repeats", "0"], ["--max-steps", "0"], ["--noise-exponents", "-1"]])

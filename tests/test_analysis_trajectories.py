@@ -43,8 +43,19 @@ def test_organism_numbers_match_numpy(arithmetic_run, tmp_path):
         by_hand = [sum(np.linalg.norm(snapshots[s + 1, p].astype(np.float64) - snapshots[s, p])
                        for s in range(len(snapshots) - 1)) for p in ids]  # fmt: skip
         assert mean == pytest.approx(np.mean(by_hand), rel=1e-6)
+    # the distance to the final weights, by hand: median per final kind at every snapshot
+    for kind, median in numbers["distance_to_final"].items():
+        ids = np.flatnonzero(kinds == kind)
+        by_hand = np.median(np.linalg.norm(snapshots[:, ids].astype(np.float64) - snapshots[-1, ids], axis=2), axis=1)
+        np.testing.assert_allclose(median, by_hand, rtol=1e-6)
+        assert median[-1] == 0
+    # the PCA panel is drawn only for the layers whose two components explain at least half of the variance
+    drawn = [i for i, e in numbers["layers"].items() if e["explained_variance_2d"] >= 0.5]
+    assert numbers["pca_drawn"] == drawn
     names = {p.name for p in out.glob("*.png")}
-    assert names == {"trajectories_2d.png", "trajectories_3d.png", "trajectories_movement.png"}
+    assert names == {"trajectories_distance.png", "trajectories_movement.png"} | (
+        {"trajectories_2d.png"} if drawn else set()
+    )
     pngs_exist(sorted(out.glob("*.png")))
 
 
@@ -78,9 +89,14 @@ def test_non_finite_particles_are_left_out_and_counted(arithmetic_run, tmp_path)
                                rtol=1e-4)  # fmt: skip
 
 
-def test_fewer_than_two_snapshots_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
-    copy = edited_copy(arithmetic_run, tmp_path / "run", truncate("snapshots", 1))
-    one_line_error(capsys, main, [str(copy), "--out", str(tmp_path / "out")], "snapshots", "at least 2")
+def test_one_snapshot_gives_points_and_none_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
+    copy = edited_copy(arithmetic_run, tmp_path / "one", truncate("snapshots", 1))
+    numbers, out = run_cli(main, copy, tmp_path / "one-out")
+    assert numbers["n_snapshots"] == 1 and numbers["movement_per_step_last"] == {}
+    assert set(numbers["path_length"].values()) == {0.0}  # a single point has no length
+    assert not {p.name for p in out.glob("*.png")} & {"trajectories_distance.png", "trajectories_movement.png"}
+    copy = edited_copy(arithmetic_run, tmp_path / "none", truncate("snapshots", 0))
+    one_line_error(capsys, main, [str(copy), "--out", str(tmp_path / "out")], "snapshots", "at least 1")
 
 
 def test_bad_max_lines_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):

@@ -27,6 +27,7 @@ from sim.figures import kinds_text, organism_layout
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
 from sim.replay import load_replay
+from sim.run import main as run_main
 from sim.topology import particle_table
 from sim.view import free_port, incompatible_widgets, missing_assets
 
@@ -46,11 +47,12 @@ def parse_status(text: str) -> tuple[int, dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 40-step arithmetic run logged every 5 steps (made by the CLI, as a user would)."""
+    """A finished 40-step arithmetic run logged every 5 steps (made by the CLI's `main`, as a user would)."""
     out = tmp_path_factory.mktemp("replay") / "run"
-    command = [sys.executable, "-m", "sim.run", "--task", "arithmetic", "--steps", "40", "--quiet", "--out", str(out),
-               "--set", "record.log_every=5"]  # fmt: skip
-    subprocess.run(command, check=True, cwd=REPO, timeout=120)
+    assert (
+        run_main(["--task", "arithmetic", "--steps", "40", "--quiet", "--out", str(out), "--set", "record.log_every=5"])
+        == 0
+    )
     return out
 
 
@@ -124,9 +126,9 @@ def test_replay_reads_the_record(record: Path) -> None:
     replay = load_replay(record)
     with open_record(record) as f:
         particles = read_group(f, "particles")
-    assert replay.steps.tolist() == list(range(5, 41, 5))
+    assert replay.steps.tolist() == list(range(0, 41, 5))  # from the initial state at step 0
     np.testing.assert_array_equal(replay.kind_counts, particles["kind_counts"])
-    assert replay.row(27) == replay.row(25) == 4 and replay.row(0) == 0
+    assert replay.row(27) == replay.row(25) == 5 and replay.row(0) == 0
     step, weights, kinds = replay.snapshot(40)
     assert step == 40 and weights.shape[0] == 18
     np.testing.assert_array_equal(kinds, particles["kind"][-1])  # the snapshot's kinds, re-classified, match the log
@@ -229,6 +231,7 @@ def _image(driver: object, selector: str) -> bytes:
     return WebDriverWait(driver, 30).until(png)
 
 
+@pytest.mark.slow
 def test_live_page_steps_the_model(browser: object, server: str, tmp_path: Path, record_property) -> None:
     from selenium.webdriver.common.by import By
 
@@ -249,6 +252,7 @@ def test_live_page_steps_the_model(browser: object, server: str, tmp_path: Path,
     assert screenshot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_replay_page_shows_the_recorded_kind_counts(browser: object, server: str, record: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -15,6 +15,7 @@ from sim.cli import Parser, UsageError, error_exit, non_negative_int
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_analysis_loads_neither_the_run_cli_nor_mesa():
     code = "import sys, analysis.pruning; print(sorted(m for m in ('sim.run', 'mesa') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -22,6 +23,7 @@ def test_analysis_loads_neither_the_run_cli_nor_mesa():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_importing_an_analysis_chooses_no_matplotlib_backend():
     code = (
         "import matplotlib; matplotlib.rcParams['backend'] = 'svg'; import analysis.report, analysis.specialisation; "

@@ -31,6 +31,7 @@ def test_console_scripts_are_the_python_m_commands():
         assert callable(getattr(import_module(module), function)), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_installed_console_script_takes_the_same_flags(name):
     path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
@@ -117,6 +118,7 @@ def test_malformed_yaml_names_line_and_column(text, where, tmp_path, capsys):
     assert err.count("\n") == 1 and f"malformed config file {str(path)!r} at {where}" in err
 
 
+@pytest.mark.slow
 def test_progress_lines_on_a_non_terminal_stderr(tmp_path):
     out = tmp_path / "r"
     command = [sys.executable, "-m", "sim.run", "--task", "arithmetic", "--steps", "50", "--out", str(out),
@@ -132,6 +134,7 @@ def test_progress_lines_on_a_non_terminal_stderr(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+@pytest.mark.slow
 def test_progress_line_shows_the_gate(tmp_path):
     command = [sys.executable, "-m", "sim.run", "--steps", "10", "--out", str(tmp_path / "m"),
                "--set", "record.log_every=5", "--set", "train.task_first_threshold=0.99"]  # fmt: skip

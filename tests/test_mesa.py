@@ -7,6 +7,7 @@ import math
 
 import mesa
 import pytest
+from helpers import finish
 
 import sim.model
 from sim.config import ConfigError, build_config, keyword_key
@@ -14,12 +15,6 @@ from sim.model import REPORTERS, OrganismModel
 from sim.particles import KIND_NAMES
 from sim.record import open_record, read_group
 from sim.soup import SoupModel
-
-
-def finish(model: sim.model.ParticleModel) -> sim.model.ParticleModel:
-    while model.running:
-        model.step()
-    return model
 
 
 def test_batch_run_rows_carry_the_logged_numbers_of_each_point():
@@ -51,7 +46,8 @@ def test_the_collector_measures_at_log_steps_only(tmp_path):
     assert frame.iloc[:9].isna().all().all()
     with open_record(tmp_path) as f:
         logged = read_group(f, "particles")
-    for row, step in enumerate(logged["step"]):
+    assert logged["step"][0] == 0  # the initial state: in the record, not in the collector (entry i is step i + 1)
+    for row, step in list(enumerate(logged["step"]))[1:]:
         at = frame.iloc[step - 1]
         assert at["held_out_metric"] == pytest.approx(logged["held_out_metric"][row], rel=1e-6)
         assert [at[k] for k in KIND_NAMES] == logged["kind_counts"][row].tolist()

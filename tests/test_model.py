@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import arithmetic
 
 from sim.agents import ParticleAgent
 from sim.config import build_config
@@ -10,10 +11,6 @@ from sim.model import OrganismModel
 from sim.particles import sr_loss
 from sim.record import open_record, read_group
 from sim.soup import SoupModel
-
-
-def arithmetic(**overrides):
-    return build_config(overrides=[("task.name", "arithmetic"), *overrides.items()])
 
 
 def test_one_agent_per_particle_on_the_particle_graph():
@@ -66,19 +63,76 @@ def test_n_sr_zero_leaves_sr_loss_to_the_task():
     assert float(sr_loss(trained.weights.detach(), trained.spec).mean()) < float(sr_loss(start, trained.spec).mean())
 
 
-@pytest.mark.parametrize(("threshold", "opens"), [(0.05, True), (1.0, False)])
-def test_task_first_gate(tmp_path, threshold, opens):
-    config = build_config(overrides=[("steps", 12), ("record.log_every", 4), ("task.batch_size", 64),
-                                     ("train.task_first_threshold", threshold)])  # fmt: skip
-    model = OrganismModel(config, run_dir=tmp_path)
-    assert not model.sr_active
-    for _ in range(12):
+def plain_gate(metric: np.ndarray, threshold: float, window: int, higher_is_better: bool) -> np.ndarray:
+    """Whether self-training ran at each step 1..T, from the train metric of every step: closed until the end of the
+    first window of `window` steps (steps window, 2*window, ...) whose mean metric reached the threshold, then open."""
+    active, is_open = [], threshold == 0
+    for step in range(1, len(metric) + 1):
+        active.append(is_open)
+        if not is_open and step % window == 0:
+            mean = sum(float(m) for m in metric[step - window : step]) / window
+            is_open = mean >= threshold if higher_is_better else mean <= threshold
+    return np.array(active)
+
+
+def run_to_end(config, run_dir):
+    run_dir.mkdir(exist_ok=True)
+    model = OrganismModel(config, run_dir=run_dir, agents=False)
+    while model.steps < config.steps:
         model.step()
     model.close()
-    with open_record(tmp_path) as f:
-        active = read_group(f, "steps")["sr_active"]
-    assert active[:4].sum() == 0  # closed until the first log interval has measured the train metric
-    assert bool(active[4:].all()) is opens and bool(active.any()) is opens
+    with open_record(run_dir) as f:
+        return model, read_group(f, "steps")
+
+
+@pytest.mark.parametrize(
+    ("task", "threshold", "steps", "extra"),
+    [("arithmetic", 0.3, 120, []), ("mnist", 0.4, 60, [("task.batch_size", 200), ("train.task_first_window", 7)])],
+)
+def test_task_first_gate_ignores_the_record_settings(tmp_path, task, threshold, steps, extra):
+    """log_every 1, 10 and 50 (and snapshot_every) give bit-identical weights, and the gate opens where the plain rule
+    on the recorded train metric says."""
+    finals = []
+    for log_every in (1, 10, 50):
+        config = build_config(overrides=[("task.name", task), ("steps", steps), ("record.log_every", log_every),
+                                         ("record.snapshot_every", 3 * log_every),
+                                         ("train.task_first_threshold", threshold), *extra])  # fmt: skip
+        model, rows = run_to_end(config, tmp_path / f"log{log_every}")
+        expected = plain_gate(rows["metric"], threshold, config.train.task_first_window, task == "mnist")
+        assert np.array_equal(rows["sr_active"].astype(bool), expected)
+        assert expected.any() and not expected.all()  # the gate opened during the run
+        finals.append(model.weights.detach().clone())
+    assert all(torch.equal(finals[0], other) for other in finals[1:])
+
+
+def test_resume_mid_window_keeps_the_gate(tmp_path):
+    """A checkpoint in the middle of a gate window carries the window's partial sum: the resumed run opens the gate at
+    the same step and ends bit-identical."""
+    config = build_config(overrides=[("steps", 40), ("task.batch_size", 200), ("train.task_first_threshold", 0.4),
+                                     ("train.task_first_window", 7), ("record.snapshot_every", 5)])  # fmt: skip
+    whole, rows = run_to_end(config, tmp_path / "whole")
+    (tmp_path / "cut").mkdir()
+    cut = OrganismModel(config, run_dir=tmp_path / "cut", agents=False)
+    while cut.steps < 17:  # the last checkpoint is at step 15, inside the window 15..21
+        cut.step()
+    cut.close()
+    resumed = OrganismModel(config, run_dir=tmp_path / "cut", resume=True, agents=False)
+    assert resumed.steps == 15
+    while resumed.steps < config.steps:
+        resumed.step()
+    resumed.close()
+    with open_record(tmp_path / "cut") as f:
+        resumed_rows = read_group(f, "steps")
+    assert rows["step"][rows["sr_active"].astype(bool)][0] > 17  # the gate opens after the resume
+    np.testing.assert_array_equal(resumed_rows["sr_active"], rows["sr_active"])
+    assert torch.equal(resumed.weights.detach(), whole.weights.detach())
+
+
+def test_a_closed_gate_stays_closed(tmp_path):
+    config = build_config(overrides=[("steps", 12), ("task.batch_size", 64), ("train.task_first_threshold", 1.0),
+                                     ("train.task_first_window", 3)])  # fmt: skip
+    _, rows = run_to_end(config, tmp_path)
+    assert not rows["sr_active"].any()
 
 
 def test_float64_and_nonlinear_particles_run():

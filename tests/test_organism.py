@@ -5,20 +5,18 @@ from __future__ import annotations
 import pytest
 import reference
 import torch
+from helpers import assert_matches, random_bank
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.config import build_config
+from sim.model import OrganismModel
 from sim.organism import Organism
-from sim.particles import ParticleSpec, init_weights
+from sim.particles import ParticleSpec
 from sim.topology import layer_sizes, particle_table
 
 ARITHMETIC = [2, 3, 3, 1]
 MNIST = [225, 5, 5, 10]
-
-
-def random_bank(n_particles: int, spec: ParticleSpec, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Fresh Xavier weights `[P, n]`, doubled so that nonlinear particles leave tanh's linear range."""
-    return 2.0 * init_weights(n_particles, spec, torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def random_inputs(batch: int, d_in: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -46,16 +44,6 @@ def forward_and_grad(
     return out.detach(), weights.grad
 
 
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """float64 to 1e-10; float32 to 1e-5 relative to the largest expected magnitude."""
-    actual, expected = actual.to(torch.float64), expected.to(torch.float64)
-    if dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    else:
-        scale = max(float(expected.abs().max()), 1e-3)
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     ("sizes", "particle_activation", "organism_activation", "path"),
@@ -65,6 +53,9 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dt
         ([3, 2, 4, 2], "none", "tanh", "fast"),
         ([3, 2, 4, 2], "tanh", "none", "general"),
         ([3, 2, 4, 2], "tanh", "relu", "auto"),
+        ([3, 2, 4, 2], "sigmoid", "leaky_relu", "general"),
+        ([3, 2, 4, 2], "leaky_relu", "sigmoid", "auto"),
+        ([3, 2, 4, 2], "none", "sigmoid", "fast"),
     ],
 )
 def test_forward_and_gradient_match_the_reference(sizes, particle_activation, organism_activation, path, dtype):
@@ -106,7 +97,7 @@ def test_fast_path_equals_general_path_on_the_mnist_organism():
 )
 def test_any_shape_matches_the_reference(sizes, k, h, particle_activation, seed):
     spec = ParticleSpec(k, h, particle_activation)
-    organism = Organism(sizes, spec)
+    organism = Organism(sizes, spec, residual=False)
     bank = random_bank(organism.n_particles, spec, torch.float64, seed)
     x = random_inputs(3, sizes[0], torch.float64, seed + 1)
     upstream = random_inputs(3, sizes[-1], torch.float64, seed + 2)
@@ -124,7 +115,7 @@ def test_residual_has_no_effect_at_depth_three():
     spec = ParticleSpec(5, 3)
     bank = random_bank(18, spec, torch.float64, seed=7)
     x = random_inputs(5, 2, torch.float64, seed=8)
-    plain = Organism(ARITHMETIC, spec).forward(bank, x)
+    plain = Organism(ARITHMETIC, spec, residual=False).forward(bank, x)
     torch.testing.assert_close(Organism(ARITHMETIC, spec, residual=True).forward(bank, x), plain, rtol=0, atol=0)
 
 
@@ -142,8 +133,49 @@ def test_residual_skips_match_the_reference(depth):
     )
     assert_matches(out, expected_out, torch.float64)
     assert_matches(grad, expected_grad, torch.float64)
-    without = Organism(sizes, spec, activation="tanh").forward(bank, x)
+    without = Organism(sizes, spec, residual=False, activation="tanh").forward(bank, x)
     assert (out - without).abs().max() > 1e-6  # the skip is really there
+
+
+def plain_residual_forward(matrices: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The reference's skip rule, written from its description: a first layer, then the middle layers numbered
+    1, 2, ...: before an odd-numbered one its input is kept, after an even-numbered one the kept input is added; then
+    the last layer. `matrices[l]` is layer l's `[n_out, n_in]` weight matrix (linear particles, no activation)."""
+    x = x @ matrices[0].T
+    kept = None
+    for number, matrix in enumerate(matrices[1:-1], start=1):
+        if number % 2 == 1:
+            kept = x
+        x = x @ matrix.T
+        if number % 2 == 0:
+            x = x + kept
+    return x @ matrices[-1].T
+
+
+def test_the_default_organism_has_the_reference_skips_at_depth_five():
+    config = build_config(overrides=[("task.name", "arithmetic"), ("organism.depth", 5)])
+    assert config.organism.residual  # the reference builds its organisms with residual skips
+    model = OrganismModel(config, agents=False)
+    sizes = model.sizes
+    assert sizes == [2, 3, 3, 3, 3, 1]
+    bank = random_bank(model.n_particles, model.spec, torch.float64, seed=21)
+    k, h = model.spec.weight_interface, model.spec.hidden
+    effective = [reference.effective_weight(reference.ReferenceParticle.from_row(row, k, h)) for row in bank]
+    matrices, offset = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        matrices.append(torch.tensor(effective[offset : offset + n_in * n_out], dtype=torch.float64).view(n_out, n_in))
+        offset += n_in * n_out
+    x = random_inputs(6, 2, torch.float64, seed=22)
+    expected = plain_residual_forward(matrices, x)
+    torch.testing.assert_close(model.organism.forward(bank, x), expected, rtol=1e-12, atol=1e-12)
+    without = Organism(sizes, model.spec, residual=False).forward(bank, x)
+    assert (expected - without).abs().max() > 1e-3  # the skip changes the output
+
+
+def test_residual_skips_need_equal_widths_around_each_pair():
+    with pytest.raises(ValueError, match="organism.residual .* equal widths, got 3 and 4"):
+        Organism([2, 3, 5, 4, 1], ParticleSpec(5, 3))
+    Organism([2, 3, 5, 4, 1], ParticleSpec(5, 3), residual=False)
 
 
 def test_each_particle_carries_its_topology_connection():

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import reference
 import torch
+from helpers import assert_matches, random_bank, references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,8 @@ from sim.particles import (
     effective_weights,
     init_weights,
     linear_vector,
+    self_application_jacobian,
+    self_application_spectral_radius,
     self_apply,
     sr_loss,
     sr_train_,
@@ -32,32 +35,13 @@ from sim.particles import (
 DTYPES = [torch.float64, torch.float32]
 
 
+def test_every_activation_has_a_reference():
+    assert set(reference.ACTIVATIONS) == set(particles.ACTIVATIONS)
+
+
 def f64(values: list) -> torch.Tensor:
     """Reference results as a float64 tensor."""
     return torch.tensor(values, dtype=torch.float64)
-
-
-def random_bank(n_particles: int, spec: ParticleSpec, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Fresh Xavier weights `[P, n]`, scaled up so that the nonlinear particles leave tanh's linear range."""
-    generator = torch.Generator().manual_seed(seed)
-    return 2.0 * init_weights(n_particles, spec, generator, dtype=dtype)
-
-
-def references(bank: torch.Tensor, spec: ParticleSpec) -> list[reference.ReferenceParticle]:
-    """One float64 reference module per bank row (float32 rows convert exactly)."""
-    k, h = spec.weight_interface, spec.hidden
-    return [reference.ReferenceParticle.from_row(row.double(), k, h, spec.activation) for row in bank]
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """float64 to 1e-10; float32 to 1e-5 relative to the largest expected magnitude."""
-    expected = expected.to(torch.float64)
-    actual = actual.detach().to(torch.float64)
-    if dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    else:
-        scale = float(expected.abs().max()) if expected.numel() else 1.0
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * max(scale, 1e-3))
 
 
 def constructed(
@@ -90,7 +74,7 @@ def test_coordinates_match_the_reference_rows(k, h):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_self_application_matches_the_reference(dtype, activation):
     spec = ParticleSpec(5, 4, activation)
     bank = random_bank(6, spec, dtype, seed=1)
@@ -114,7 +98,7 @@ def test_attack_evaluates_the_targets_coordinates_with_the_attackers_network(dty
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_sr_loss_and_its_gradient_match_the_reference(dtype, activation):
     spec = ParticleSpec(5, 5, activation)
     bank = random_bank(5, spec, dtype, seed=4).requires_grad_(True)
@@ -141,7 +125,7 @@ def test_sr_loss_gradient_is_not_the_gradient_through_inputs_and_targets():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["none", "tanh"])
+@pytest.mark.parametrize("activation", list(reference.ACTIVATIONS))
 def test_effective_weights_and_their_gradient_match_the_reference(dtype, activation):
     spec = ParticleSpec(5, 3, activation)
     bank = random_bank(7, spec, dtype, seed=6).requires_grad_(True)
@@ -337,3 +321,37 @@ def test_sr_train_lets_a_particle_diverge_silently():
         sr_train_(alone, torch.zeros_like(alone), spec, 10, lr=0.004, momentum=0.9)
     assert classify(bank, spec)[1] == DIVERGENT
     torch.testing.assert_close(bank[[0, 2, 3]], alone, rtol=1e-6, atol=1e-7)
+
+
+# --- stability of the self-application map -------------------------------------------------------------------------
+
+
+def plain_self_application(w: torch.Tensor, k: int, h: int, activation: str) -> torch.Tensor:
+    """`w' = p_w(c(w))` of one particle `[n] -> [n]`, written out from docs/science.md §1 and differentiable in w: the
+    coordinate rows carry w itself in their first column, and the particle's layers are read from w."""
+    n = k * h + h * h + h
+    W1, W2, W3 = w[: k * h].reshape(h, k), w[k * h : k * h + h * h].reshape(h, h), w[k * h + h * h :].reshape(1, h)
+    position = torch.tensor(reference.coordinate_rows([0.0] * n, k, h), dtype=w.dtype)[:, 1:]  # [n, k-1]
+    rows = torch.cat([w.unsqueeze(1), position], dim=1)  # [n, k]
+    act = reference.ACTIVATIONS[activation] or (lambda x: x)
+    return (act(act(rows @ W1.T) @ W2.T) @ W3.T).squeeze(1)
+
+
+@pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (4, 3, "none"), (6, 2, "none"), (5, 3, "tanh")])
+def test_self_application_jacobian_and_spectral_radius_match_jacrev(k, h, activation):
+    spec = ParticleSpec(k, h, activation)
+    bank = random_bank(6, spec, torch.float64, seed=k * h)
+    bank[0] = replicator(ParticleSpec(k, h), effective=2.0) if activation == "none" else bank[0]
+    expected = torch.stack([torch.func.jacrev(plain_self_application)(w, k, h, activation) for w in bank])
+    torch.testing.assert_close(self_application_jacobian(bank, spec), expected, rtol=1e-12, atol=1e-12)
+    radius = torch.tensor([abs(torch.linalg.eigvals(J)).max() for J in expected], dtype=torch.float64)
+    torch.testing.assert_close(self_application_spectral_radius(bank, spec), radius, rtol=1e-9, atol=1e-12)
+    assert self_application_spectral_radius(bank.float(), spec).dtype == torch.float64
+
+
+def test_linear_fixpoints_repel_with_radius_four_and_zero_attracts():
+    """At a non-zero linear fixpoint v0 = 1, and scaling w by s scales the self-application by s^4: rho = 4."""
+    spec = ParticleSpec(5, 5)
+    bank = torch.stack([replicator(spec), replicator(spec, effective=3.0), torch.zeros(spec.n_weights).double()])
+    radius = self_application_spectral_radius(bank, spec)
+    torch.testing.assert_close(radius, torch.tensor([4.0, 4.0, 0.0], dtype=torch.float64))

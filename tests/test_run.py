@@ -1,30 +1,32 @@
-"""The CLI end to end: records, bad input, kill and resume, reproducibility, soup mode."""
+"""The CLI end to end: records, bad input, kill and resume, reproducibility, soup mode.
 
+Bad input is checked in this process (`main` returns the exit status); one test runs `python -m sim.run` to see the
+status a shell gets. The kill-and-resume test kills a real process at a random moment: it prints the seed of that
+moment, and `SIGKILL_SEED=N` replays it.
+"""
+
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import reference
 import torch
+from helpers import ROOT, one_line_error, run_module
 
+from analysis.report import main as report_main
 from sim.particles import KIND_NAMES
 from sim.record import is_complete, load_checkpoint, open_record, read_attrs, read_group
 from sim.run import main
+from sim.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--task", "arithmetic", "--quiet", "--set", "record.log_every=5", "--set", "record.snapshot_every=20"]
-
-
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sim.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_record_holds_every_step_and_the_contract(tmp_path):
@@ -42,8 +44,8 @@ def test_record_holds_every_step_and_the_contract(tmp_path):
         assert f["particles/kind"].dtype == np.int8 and f["particles/kind"].shape[1] == 18
         assert f["topology/layer"].shape == (18,) and f["topology/edges"].shape[1] == 2
     np.testing.assert_array_equal(steps["step"], np.arange(1, 44))
-    np.testing.assert_array_equal(particles["step"], [5, 10, 15, 20, 25, 30, 35, 40, 43])
-    np.testing.assert_array_equal(snapshots["step"], [20, 40, 43])
+    np.testing.assert_array_equal(particles["step"], [0, 5, 10, 15, 20, 25, 30, 35, 40, 43])
+    np.testing.assert_array_equal(snapshots["step"], [0, 20, 40, 43])
     assert np.all(particles["kind_counts"].sum(axis=1) == 18)
     for row, kinds in zip(particles["kind_counts"], particles["kind"]):
         np.testing.assert_array_equal(row, np.bincount(kinds, minlength=5))
@@ -51,6 +53,50 @@ def test_record_holds_every_step_and_the_contract(tmp_path):
     assert state["step"] == 43
     np.testing.assert_allclose(snapshots["weights"][-1], state["weights"].numpy(), rtol=1e-6)
     assert (out / "config.yaml").is_file()
+
+
+def test_step_zero_is_the_initial_state_and_a_zero_step_run_is_complete(tmp_path):
+    """The first /particles row and snapshot are step 0, before any training: kinds, SR losses and effective
+    weights of the initial weights, as the per-particle reference computes them from that snapshot."""
+    assert main([*FAST, "--steps", "0", "--out", str(tmp_path / "zero")]) == 0
+    assert main([*FAST, "--steps", "7", "--out", str(tmp_path / "seven")]) == 0
+    assert is_complete(tmp_path / "zero")
+    rows = {}
+    for name in ("zero", "seven"):
+        with open_record(tmp_path / name) as f:
+            rows[name] = read_group(f, "particles"), read_group(f, "snapshots"), read_group(f, "steps")
+    (particles, snapshots, steps), (later, later_snapshots, _) = rows["zero"], rows["seven"]
+    assert len(steps["step"]) == 0 and particles["step"].tolist() == [0] and snapshots["step"].tolist() == [0]
+    initial = torch.as_tensor(snapshots["weights"][0]).double()  # [18, n]
+    state = load_checkpoint(tmp_path / "zero" / "checkpoint.pt")
+    assert state["step"] == 0 and torch.equal(state["weights"], torch.as_tensor(snapshots["weights"][0]))
+    particles_ref = [reference.ReferenceParticle.from_row(row, 5, 3) for row in initial]
+    np.testing.assert_array_equal(particles["kind"][0], [KIND_NAMES.index(reference.kind(p)) for p in particles_ref])
+    losses = [float(reference.sr_loss(p).detach()) for p in particles_ref]
+    np.testing.assert_allclose(particles["sr_loss"][0], losses, rtol=1e-5)
+    effective = [reference.effective_weight(p) for p in particles_ref]
+    np.testing.assert_allclose(particles["effective_weight"][0], effective, rtol=1e-5, atol=1e-7)
+    organism = [reference.ReferenceParticle.from_row(row, 5, 3) for row in initial]
+    task = make_task("arithmetic", 0, "cpu", torch.float64)
+    mae = (reference.organism_forward(organism, [2, 3, 3, 1], task.test_x) - task.test_y).abs().mean()
+    assert particles["held_out_metric"][0] == pytest.approx(float(mae), rel=1e-5)
+    # a longer run with the same seed starts from the same state
+    assert later["step"][0] == 0 and later_snapshots["step"].tolist() == [0, 7]
+    np.testing.assert_array_equal(later_snapshots["weights"][0], snapshots["weights"][0])
+    np.testing.assert_array_equal(later["kind"][0], particles["kind"][0])
+
+
+def test_every_analysis_reads_a_zero_step_run(tmp_path):
+    for args, name in (([*FAST], "arithmetic"), (["--quiet", "--set", "task.batch_size=100"], "mnist"),
+                       (["--quiet", "--mode", "soup", "--set", "soup.size=50"], "soup")):  # fmt: skip
+        assert main([*args, "--steps", "0", "--out", str(tmp_path / name)]) == 0
+        assert report_main([str(tmp_path / name), "--out", str(tmp_path / f"{name}-report"), "--draws", "10",
+                            "--max-steps", "5"]) == 0  # fmt: skip
+        summary = json.loads((tmp_path / f"{name}-report" / "summary.json").read_text())
+        assert summary["complete"] and summary["headline"]["final.step"] == 0
+        expected_skips = {"pruning"} if name == "soup" else set()  # pruning needs an organism
+        skipped = {n for n, s in summary["scripts"].items() if s["status"] != "done"}
+        assert skipped == expected_skips, summary["scripts"]
 
 
 def test_same_seed_same_record_other_seed_differs(tmp_path):
@@ -81,57 +127,73 @@ def test_same_seed_same_record_other_seed_differs(tmp_path):
         (["--resume", "nowhere"], "holds no checkpoint"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
+def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
     base = [] if args[0] == "--resume" else ["--task", "arithmetic", "--steps", "3", "--out", str(tmp_path / "r")]
-    result = run_cli(*base, *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr
+    one_line_error(capsys, main, [*base, *args], words)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_ends_the_process_with_status_2(tmp_path):
+    result = run_module("sim.run", "--task", "arithmetic", "--steps", "-5", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["sim.run: error: argument --steps: --steps must be a non-negative "
+                                                  "integer, got '-5'"]  # fmt: skip
     assert not (tmp_path / "r").exists()
 
 
-def test_malformed_config_and_existing_outputs_are_refused_untouched(tmp_path):
+def test_malformed_config_and_existing_outputs_are_refused_untouched(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("steps: [1,\n")
-    result = run_cli("--config", str(tmp_path / "bad.yaml"), cwd=tmp_path)
-    assert result.returncode == 2 and "malformed config file" in result.stderr
+    one_line_error(capsys, main, ["--config", str(tmp_path / "bad.yaml")], "malformed config file")
 
     existing = tmp_path / "afile"
     existing.write_text("keep me")
-    result = run_cli(*FAST, "--steps", "3", "--out", str(existing), cwd=tmp_path)
-    assert result.returncode == 2 and "existing file" in result.stderr and existing.read_text() == "keep me"
+    one_line_error(capsys, main, [*FAST, "--steps", "3", "--out", str(existing)], "existing file")
+    assert existing.read_text() == "keep me"
 
     out = tmp_path / "done"
     assert main([*FAST, "--steps", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
     before = (out / "run.h5").read_bytes()
-    result = run_cli(*FAST, "--steps", "3", "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 2 and "already holds a run record" in result.stderr
+    one_line_error(capsys, main, [*FAST, "--steps", "3", "--out", str(out)], "already holds a run record")
     assert (out / "run.h5").read_bytes() == before
 
 
-def test_cuda_without_gpu_is_refused(tmp_path):
+def test_cuda_without_gpu_is_refused(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: --device cuda is valid here")
-    result = run_cli(*FAST, "--steps", "3", "--device", "cuda", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2 and "no CUDA GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
-def test_bad_idx_directory_is_refused(tmp_path):
-    (tmp_path / "idx").mkdir()
-    result = run_cli("--steps", "3", "--set", f"task.data_dir={tmp_path / 'idx'}", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "idx" in result.stderr
+    one_line_error(
+        capsys, main, [*FAST, "--steps", "3", "--device", "cuda", "--out", str(tmp_path / "r")], "no CUDA GPU"
+    )
     assert not (tmp_path / "r").exists()
 
 
+def test_bad_idx_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "idx").mkdir()
+    argv = ["--steps", "3", "--set", f"task.data_dir={tmp_path / 'idx'}", "--out", str(tmp_path / "r")]
+    one_line_error(capsys, main, argv, "idx")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
 def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_run(tmp_path):
+    seed = int(os.environ.get("SIGKILL_SEED", random.randrange(10**6)))
+    delay = random.Random(seed).uniform(0.2, 1.0)
+    print(f"SIGKILL {delay:.3f} s after the first checkpoint (SIGKILL_SEED={seed} replays it)")
     args = ["--task", "arithmetic", "--steps", "1500", "--seed", "7", "--quiet",
             "--set", "record.log_every=5", "--set", "record.snapshot_every=100"]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, "--out", str(killed)], cwd=ROOT)
     deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+
+    def trained_checkpoint() -> bool:  # the step-0 checkpoint comes before any training: wait for the next one
+        return (killed / "checkpoint.pt").exists() and load_checkpoint(killed / "checkpoint.pt")["step"] > 0
+
+    while not trained_checkpoint() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(random.uniform(0.2, 1.0))
+    time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -144,7 +206,7 @@ def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_ru
         assert len(logged) == f["particles/kind"].shape[0] and logged[-1] <= n and n - logged[-1] < 5
     assert not is_complete(killed)
 
-    assert run_cli("--resume", str(killed), "--quiet").returncode == 0
+    assert run_module("sim.run", "--resume", str(killed), "--quiet").returncode == 0
     full = tmp_path / "full"
     assert main([*args, "--out", str(full)]) == 0
     resumed_state, full_state = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(full / "checkpoint.pt")
@@ -168,6 +230,6 @@ def test_soup_mode_counts_kinds_and_records_events(tmp_path):
         particles = read_group(f, "particles")
         events = read_group(f, "events")
     assert attrs["mode"] == "soup"
-    assert particles["kind"].shape == (6, 60) and np.all(particles["kind_counts"].sum(axis=1) == 60)
+    assert particles["kind"].shape == (7, 60) and np.all(particles["kind_counts"].sum(axis=1) == 60)
     assert {0, 4} <= set(np.unique(events["kind"]).tolist())  # attack and noise both happened
     assert np.all((events["step"] >= 1) & (events["step"] <= 30))

@@ -89,6 +89,7 @@ def file_state(run_dir: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.slow
 def test_local_cluster_sweep_equals_runs_one_by_one(tmp_path, references):
     out = tmp_path / "sweep"
     assert main([str(write_sweep(tmp_path / "s.yaml", SWEEP)), "--workers", "2", "--out", str(out), "--quiet"]) == 0
@@ -167,6 +168,7 @@ def scheduler():
             _kill_group(proc)
 
 
+@pytest.mark.slow
 def test_sweep_on_a_separate_scheduler_gives_the_same_records(tmp_path, references, scheduler):
     out = tmp_path / "sweep"
     sweep = write_sweep(tmp_path / "s.yaml", SWEEP)
@@ -176,6 +178,7 @@ def test_sweep_on_a_separate_scheduler_gives_the_same_records(tmp_path, referenc
         assert_same_run(out / name, references[name])
 
 
+@pytest.mark.slow
 def test_killed_sweep_finishes_without_rerunning_finished_runs(tmp_path, references):
     out = tmp_path / "sweep"
     sweep = write_sweep(tmp_path / "s.yaml", SWEEP | {"points": [{"train.lr": -1}]})
@@ -226,14 +229,17 @@ def _start_and_abandon(run_dir: Path, reference: Path, steps: int) -> np.ndarray
         return f["steps/wall_time"][:]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_checkpoints_and_restarts_runs_without_one(tmp_path, references):
     out = tmp_path / "sweep"
     sweep = write_sweep(tmp_path / "s.yaml", SWEEP | {"grid": {"train.alpha": [0.5]}})
     shutil.copytree(references["train.alpha=0.5/s0"], out / "train.alpha=0.5/s0")  # finished
     before = file_state(out / "train.alpha=0.5/s0")
-    # s1 killed at step 125 (checkpoint at 100, rows to 120); s2 at step 30, before its first checkpoint
+    # s1 killed at step 125 (checkpoint at 100, rows to 120); s2 without a checkpoint, as a kill before the step-0
+    # checkpoint leaves it
     resumed = _start_and_abandon(out / "train.alpha=0.5/s1", references["train.alpha=0.5/s1"], 125)
     restarted = _start_and_abandon(out / "train.alpha=0.5/s2", references["train.alpha=0.5/s2"], 30)
+    (out / "train.alpha=0.5/s2/checkpoint.pt").unlink()
     assert (out / "train.alpha=0.5/s1/checkpoint.pt").exists() and len(resumed) == 120
     assert not (out / "train.alpha=0.5/s2/checkpoint.pt").exists() and len(restarted) == 30
 

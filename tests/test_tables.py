@@ -15,6 +15,7 @@ import sim.figures
 from analysis.common import metric_label
 from analysis.group_report import metric_limits
 from sim import config, particles, run
+from sim.model import OrganismModel
 from sim.particles import DRAW_ORDER, KIND_COLOURS, KIND_LABELS, KIND_NAMES, KINDS, SHORT_KINDS
 from sim.runner import SHORT_KINDS as RUNNER_SHORT_KINDS
 from sim.tasks import METRICS, TASK_TABLE, make_task
@@ -88,7 +89,12 @@ def test_every_task_builds_with_its_metric(name):
     entry = TASK_TABLE[name]
     assert task.name == name and task.metric_name == entry.metric.name
     assert task.higher_is_better == entry.metric.higher_is_better
-    assert METRICS[task.metric_name] is entry.metric
+    assert METRICS[task.metric_name] == entry.metric
+
+
+def test_tasks_that_share_a_metric_name_share_the_metric():
+    for entry in TASK_TABLE.values():
+        assert METRICS[entry.metric.name] == entry.metric
 
 
 @pytest.mark.parametrize("metric", list(METRICS.values()), ids=list(METRICS))
@@ -102,3 +108,12 @@ def test_the_record_stores_which_way_the_metric_is_better(arithmetic_run):
     with h5py.File(arithmetic_run / "run.h5", "r") as f:
         assert f.attrs["metric_name"] == "mae" and not f.attrs["higher_is_better"]
     assert analysis.common.load_run(arithmetic_run).higher_is_better is False
+
+
+@pytest.mark.parametrize("name", list(TASK_TABLE))
+def test_the_gate_line_names_the_metric_from_the_table(name):
+    metric = TASK_TABLE[name].metric
+    closed = 0.999 if metric.higher_is_better else 1e-9  # a gate that one step cannot open
+    model = OrganismModel(task_name=name, steps=1, train_task_first_threshold=closed)
+    model.step()
+    assert f"train {metric.short} " in model.gate_status()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sim.config import build_config
 from sim.tasks import DataError, make_task, resize_images, stratified_split
 
 
@@ -140,14 +141,63 @@ def test_mnist_loss_and_metric_on_known_values():
     assert float(task.loss(torch.zeros(4, 10), torch.tensor([0, 1, 2, 3]))) == pytest.approx(math.log(10))
 
 
-def test_resize_is_an_area_average_to_15x15():
+def test_area_resize_is_an_area_average_to_15x15():
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     images[0] = 255
     images[1, :, :14] = 255  # left half bright
-    out = resize_images(images).reshape(2, 15, 15)
+    out = resize_images(images, mode="area").reshape(2, 15, 15)
     assert torch.equal(out[0], torch.ones(15, 15))
     assert torch.equal(out[1, :, :7], torch.ones(15, 7)) and torch.equal(out[1, :, 8:], torch.zeros(15, 7))
     assert 0 < float(out[1, 0, 7]) < 1  # the middle column straddles the edge
+
+
+def plain_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """`[n_out, n_in]` weights of a 1-D resize, each output pixel a weighted sum of source pixels, from the
+    definitions: `area` averages the source pixels [floor(i s), ceil((i + 1) s)) (s = n_in / n_out); `bilinear`
+    interpolates linearly between the two source pixels around the output pixel's centre (i + 0.5) s - 0.5 (clamped
+    at the borders); `bilinear_antialias` weighs every source pixel j by the triangle max(0, 1 - |j + 0.5 - c| / s)
+    around c = (i + 0.5) s, scaled out to the downscale factor s, normalised to sum 1."""
+    scale = n_in / n_out
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        if mode == "area":
+            start, end = int(np.floor(i * scale)), int(np.ceil((i + 1) * scale))
+            weights[i, start:end] = 1.0 / (end - start)
+        elif mode == "bilinear":
+            centre = max((i + 0.5) * scale - 0.5, 0.0)
+            left = min(int(np.floor(centre)), n_in - 1)
+            right = min(left + 1, n_in - 1)
+            share = centre - left
+            weights[i, left] += 1.0 - share
+            weights[i, right] += share
+        else:
+            centre = (i + 0.5) * scale
+            for j in range(n_in):
+                weights[i, j] = max(0.0, 1.0 - abs(j + 0.5 - centre) / scale)
+            weights[i] /= weights[i].sum()
+    return weights
+
+
+@pytest.mark.parametrize("mode", ["area", "bilinear", "bilinear_antialias"])
+@pytest.mark.parametrize("side", [15, 10, 28])
+def test_resize_matches_a_plain_separable_resize(mode, side):
+    images = np.random.default_rng(side).integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    rows = plain_weights(28, side, mode)  # the same along both axes
+    expected = np.einsum("ir,nrc,jc->nij", rows, images / 255.0, rows).reshape(3, side * side)
+    np.testing.assert_allclose(resize_images(images, side, mode).numpy(), expected, rtol=0, atol=2e-6)
+
+
+def test_the_default_resize_is_the_references_bilinear():
+    assert build_config().task.resize == "bilinear"
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28)).astype(np.uint8)
+    torch.testing.assert_close(resize_images(images), resize_images(images, mode="bilinear"), rtol=0, atol=0)
+    shifted = [resize_images(images, mode=mode) for mode in ("area", "bilinear", "bilinear_antialias")]
+    assert all((a - b).abs().max() > 1e-3 for a, b in [(shifted[0], shifted[1]), (shifted[1], shifted[2])])
+    a = make_task("mnist", 0, "cpu", torch.float32)
+    b = make_task("mnist", 0, "cpu", torch.float32, resize="area")
+    assert (a.train_x - b.train_x).abs().max() > 1e-3 and torch.equal(a.train_y, b.train_y)
+    with pytest.raises(ValueError, match="task.resize must be one of area, bilinear, bilinear_antialias; got 'cubic'"):
+        resize_images(images, mode="cubic")
 
 
 # --- MNIST from IDX files -----------------------------------------------------------------------------------------
