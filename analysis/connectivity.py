@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from sim.particles import DRAW_ORDER, SELF_REPLICATOR, effective_weights
 from sim.topology import organism_graph
 
 EFFECTIVE_LABEL_MAX = 40  # organisms up to this many particles get every effective weight written on its edge
+# larger organisms are drawn as one kind matrix per layer (a graph of 1,000 edges is a hairball that shows nothing)
+GRAPH_MAX = 200
 CONTRIBUTION_RANGE = 1e-4  # the pixel-contribution colours span this factor below the largest; smaller is floored
 
 
@@ -124,7 +127,8 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         "pixel_map": pixel_map(run, weights, kinds) if has_pixel_map(run) else None,
     }
     path = out_dir / "connectivity_graph.png"
-    draw = _organism_figure if run.is_organism else _soup_figure
+    draw = _organism_figure if run.n_particles <= GRAPH_MAX else _matrix_figure
+    draw = draw if run.is_organism else _soup_figure
     figures = [draw(run, numbers, kinds, path)]
     if numbers["pixel_map"] is not None:
         figures.append(_pixel_figure(run, numbers, out_dir / "connectivity_pixels.png"))
@@ -182,6 +186,47 @@ def _organism_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path:
     ax.set_title(f"The organism at step {numbers['final_step']}, every particle (edge) coloured by its "
                  f"kind{labelled}")  # fmt: skip
     _legend(ax, numbers, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, path)
+
+
+def _matrix_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Path) -> Path:
+    """Every layer as its `[target, source]` matrix of particles, each cell coloured by the particle's kind; an MNIST
+    input layer as one `side x side` pixel image per target neuron (which pixels feed it through which kind)."""
+    from matplotlib.colors import to_rgb
+
+    names = np.array(run.kind_names)
+    colour = np.array([to_rgb(KIND_COLOURS[k]) for k in run.kind_names])  # [K, 3]
+    sizes = run.sizes
+    layers = list(range(len(sizes) - 1))
+    pixels = has_pixel_map(run)
+    rest = max(len(layers) - 1, 1)
+    # the input layer, the large one, across the top; the others side by side below it
+    fig = plt.figure(figsize=(max(9.0, 3.2 * rest), 5.6), layout="constrained")
+    grid = fig.add_gridspec(2, rest, height_ratios=[1.6, 1])
+    for i in layers:
+        ax = fig.add_subplot(grid[0, :] if i == 0 else grid[1, i - 1])
+        ids = np.flatnonzero(run.layers == i)
+        image = colour[kinds[ids]].reshape(sizes[i + 1], sizes[i], 3)  # [out, in, 3]: ids are row-major [out, in]
+        if pixels and i == 0:
+            side = run.config.task.image_side
+            tiles = [np.pad(image[o].reshape(side, side, 3), ((0, 0), (0, 2), (0, 0)), constant_values=1.0)
+                     for o in range(sizes[1])]  # fmt: skip
+            ax.imshow(np.concatenate(tiles, axis=1), interpolation="nearest")
+            ax.set_title(f"layer 0: the {side} x {side} input pixels' particles into each of the {sizes[1]} hidden "
+                         f"neurons (left to right)", fontsize=9)  # fmt: skip
+        else:
+            ax.imshow(image, interpolation="nearest", aspect="auto")
+            ax.set_title(f"layer {i}: {sizes[i]} → {sizes[i + 1]} neurons", fontsize=9)
+            ax.set_xlabel("source neuron")
+            ax.set_ylabel("target neuron")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    present = [k for k in DRAW_ORDER[::-1] if (names[kinds] == k).any()]
+    handles = kind_legend_handles(present)
+    for h, k in zip(handles, present):
+        h.set_label(f"{KIND_LABELS[k]} ({numbers['kind_counts'][k]})")
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(present), fontsize=8)
+    fig.suptitle(f"The organism at step {numbers['final_step']}: every particle coloured by its kind", fontsize=10)
     return save_figure(fig, path)
 
 

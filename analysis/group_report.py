@@ -464,20 +464,31 @@ def _equal_sparsity_figure(reports: list[RunReport], path: Path) -> Path:
         y = np.arange(len(keys))[::-1]
         values = np.array([[p[table][k] for k in keys] for p in numbers])  # [runs, strategies]
         full = float(np.mean([p["metric_full"] for p in numbers]))
+        stats_ = [describe(list(column)) for column in values.T]
+        ends = [v for s in stats_ if s["ci95"] for v in s["ci95"]]
+        # a log axis only where every value and every interval end is positive; then dots, as a bar has no base
+        log = positive_log_scale(ax, np.concatenate([values.ravel(), [full], ends]), axis="x")
         highs = [full]
-        for yi, column, colour in zip(y, values.T, colors):
-            s = describe(list(column))
+        for yi, column, colour, s in zip(y, values.T, colors, stats_):
             err = None if s["ci95"] is None else [[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]]
-            ax.barh(yi, s["mean"], color=colour, alpha=0.8, xerr=err, capsize=4)
+            if log:
+                ax.errorbar(s["mean"], yi, xerr=err, fmt="s", ms=9, color=colour, mec="black", capsize=4)
+            else:
+                ax.barh(yi, s["mean"], color=colour, alpha=0.8, xerr=err, capsize=4)
             ax.plot(column, np.full(len(column), yi), "o", color="black", ms=3)
             highs += [column.max(), s["ci95"][1] if s["ci95"] else s["mean"]]
         ax.axvline(full, color="black", ls="--", lw=1, label=f"full organism (mean {fmt(full)})")
+        chance = run.chance
+        if chance is not None:
+            ax.axvline(chance, color="black", ls=":", lw=1, label=f"chance: output 0 ({fmt(chance)})")
+            highs.append(chance)
         ax.set_yticks(y, labels)
-        if not positive_log_scale(ax, np.append(values.ravel(), full), axis="x"):
+        if not log:
             ax.set_xlim(0, max(highs) * 1.1)
         ax.set_xlabel(metric_label(run.metric_name))
         counts = [p[table]["count"] for p in numbers]
         ax.set_title(f"Zeroing as many as {title}\n({fmt(np.mean(counts))} particles on average)", fontsize=10)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", fontsize=8)
-    fig.suptitle(f"Equal sparsity, {len(reports)} runs: bars mean with 95% CI, dots one run each", fontsize=10)
+    shape = "squares" if log else "bars"
+    fig.suptitle(f"Equal sparsity, {len(reports)} runs: {shape} mean with 95% interval, dots one run each", fontsize=10)
     return save_figure(fig, path)

@@ -35,8 +35,8 @@ CAPTIONS = {
     "self-replicators.",
     "pruning_contribution": "Each particle's task contribution against its SR loss, coloured by kind: pure "
     "self-replicators sit at the bottom left.",
-    "connectivity_graph": "Where the kinds sit: every particle coloured by its final kind, layer by layer (soups: on "
-    "their neighbourhood graph).",
+    "connectivity_graph": "Where the kinds sit: every particle coloured by its final kind (a small organism as its "
+    "graph, a large one as each layer's target x source matrix, MNIST's input layer as pixels; a soup on its graph).",
     "connectivity_pixels": "Input pixels: the mean digit, the share of each pixel's particles that self-replicate, and "
     "how much of the task each pixel's particles carry.",
     "trajectories_distance": "How far each particle's weights still are from their final values, by final kind: "

@@ -130,7 +130,12 @@ def trajectories_findings(run: Run, n: dict[str, Any]) -> list[str]:
         parts = ", ".join(f"{_label(k)} {fmt(v)}" for k, v in moving.items())
         out.append(f"Median distance moved per step between the last two snapshots: {parts}.")
     variance = {layer: e["explained_variance_2d"] for layer, e in n["layers"].items()}
-    if variance and not n.get("pca_drawn"):
+    still = [layer for layer, e in n["layers"].items() if e.get("movement_share", 1) < n.get("pca_min_movement", 0)]
+    if still and not n.get("pca_drawn"):
+        out.append(f"No PCA figure for layer(s) {', '.join(still)}: the particles' own movement over time is under "
+                   f"{percent(n['pca_min_movement'])} of the weights' variance; a projection would show still "
+                   f"dots.")  # fmt: skip
+    elif variance and not n.get("pca_drawn"):
         lo, hi = min(variance.values()), max(variance.values())
         spread = percent(lo) if lo == hi else f"[{percent(lo)}, {percent(hi)}]"
         out.append(f"No PCA figure: the first two principal components explain only {spread} of the weights' variance "
@@ -144,10 +149,12 @@ def trajectories_body(run: Run, n: dict[str, Any], out: Path) -> list[str]:
     rows = [[_label(k), n["path_length"][k], n.get("movement_per_step_last", {}).get(k),
              n.get("settled_step", {}).get(k)] for k in kinds]  # fmt: skip
     lines = [md_table(["final kind", "mean path length", "movement per step at the end", "settled by step"], rows)]
-    rows = [[layer, e["n_particles"], percent(e["explained_variance_2d"]), e["n_nonfinite"]]
-            for layer, e in n["layers"].items()]  # fmt: skip
-    lines += ["Variance the first two principal components explain, per layer:\n",
-              md_table(["layer", "particles", "PC1 + PC2", "left out (non-finite)"], rows)]  # fmt: skip
+    rows = [[layer, e["n_particles"], percent(e["explained_variance_2d"]), percent(e.get("movement_share", 0)),
+             e["n_nonfinite"]] for layer, e in n["layers"].items()]  # fmt: skip
+    lines += ["Variance the first two principal components explain, and the share of the variance that is the "
+              "particles' own movement over time, per layer:\n",
+              md_table(["layer", "particles", "PC1 + PC2", "movement over time", "left out (non-finite)"],
+                       rows)]  # fmt: skip
     return lines
 
 

@@ -7,8 +7,9 @@ Reads the weight snapshots `/snapshots/weights [S, P, n]` and draws:
 - `trajectories_movement.png`: the distance moved per step between consecutive snapshots, per final kind;
 - `trajectories_2d.png`, only for the panels where it carries information: the particles' paths in the first two
   principal components of a layer (numpy SVD of the centred rows of all its snapshots), drawn when those two explain
-  at least `PCA_MIN_VARIANCE` (50%) of the variance. Below that a 2-D projection is a structureless cloud; the numbers
-  and the report then say so instead.
+  at least `PCA_MIN_VARIANCE` (50%) of the variance and the particles' movement over time is at least `MIN_MOVEMENT`
+  (10%) of it. Otherwise a 2-D projection is a structureless cloud, or dots that do not move; the numbers and the
+  report then say so instead.
 Divergent particles (non-finite weights in some snapshot) are left out and counted. Snapshots start with the initial
 weights (step 0); a run of 0 steps has that one snapshot, which gives the numbers and, where it explains enough, the
 PCA panel, but no distance or movement (they need two snapshots).
@@ -45,6 +46,9 @@ from sim.particles import DRAW_ORDER
 
 DEFAULT_MAX_LINES = 150  # particles of each kind drawn per panel
 PCA_MIN_VARIANCE = 0.5  # the 2-D projection of a layer is drawn only when its two components explain this much
+# ... and when the particles' own movement over time is at least this share of the layer's variance: otherwise the
+# picture shows only how the particles differ from each other, each one a dot that does not move
+MIN_MOVEMENT = 0.1
 SETTLED = 0.01  # a kind has settled once its median distance to the final weights is below this share of the first
 N_RATIOS = 10  # explained variance ratios reported per layer
 SUBSET_SEED = 0  # the drawn subset is fixed, so reruns draw the same particles
@@ -59,6 +63,15 @@ def pca(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     variance = singular**2
     total = variance.sum()
     return mean, components, variance / total if total > 0 else np.zeros_like(variance)
+
+
+def movement_share(trajectory: np.ndarray) -> float:
+    """The share of the variance of all rows of `trajectory [S, P, n]` that lies within particles over time (the
+    rest is between particles): 0 when no particle moves, 1 when they all share one mean."""
+    X = trajectory.astype(np.float64)
+    total = X.reshape(-1, X.shape[2]).var(axis=0).sum()
+    within = X.var(axis=0).sum(axis=1).mean() if X.size else 0.0
+    return float(within / total) if total > 0 else 0.0
 
 
 def path_lengths(trajectory: np.ndarray) -> np.ndarray:
@@ -113,8 +126,9 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         if projected.shape[2] < 3:  # fewer rows than components: pad with flat axes
             projected = np.pad(projected, ((0, 0), (0, 0), (0, 3 - projected.shape[2])))
         drawn = subset(np.arange(len(kept)), kinds[kept], args.max_lines, rng)  # positions into `kept`
+        moving = movement_share(snapshots[:, kept])
         panels.append({"layer": layer, "ids": kept, "n_particles": len(ids), "projected": projected[:, drawn],
-                       "drawn_kinds": kinds[kept][drawn], "ratio": ratio})  # fmt: skip
+                       "drawn_kinds": kinds[kept][drawn], "ratio": ratio, "movement_share": moving})  # fmt: skip
     numbers: dict[str, Any] = {
         "snapshot_steps": run.snapshot_steps,
         "n_snapshots": len(run.snapshot_steps),
@@ -127,6 +141,7 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
                 "explained_variance_ratio": p["ratio"][:N_RATIOS],
                 "explained_variance_2d": float(p["ratio"][:2].sum()),
                 "explained_variance_3d": float(p["ratio"][:3].sum()),
+                "movement_share": p["movement_share"],
             }
             for p in panels
         },
@@ -155,7 +170,8 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         numbers["distance_to_final"][names[code]] = median
         below = np.flatnonzero(median <= SETTLED * median[0]) if median[0] > 0 else np.array([0])
         numbers["settled_step"][names[code]] = int(run.snapshot_steps[below[0]]) if len(below) else None
-    shown = [p for p in panels if p["ratio"][:2].sum() >= PCA_MIN_VARIANCE]
+    shown = [p for p in panels if p["ratio"][:2].sum() >= PCA_MIN_VARIANCE and p["movement_share"] >= MIN_MOVEMENT]
+    numbers["pca_min_movement"] = MIN_MOVEMENT
     numbers["pca_min_variance"] = PCA_MIN_VARIANCE
     numbers["pca_drawn"] = ["all" if p["layer"] is None else str(p["layer"]) for p in shown]
     present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]

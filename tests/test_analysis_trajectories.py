@@ -50,7 +50,14 @@ def test_organism_numbers_match_numpy(arithmetic_run, tmp_path):
         np.testing.assert_allclose(median, by_hand, rtol=1e-6)
         assert median[-1] == 0
     # the PCA panel is drawn only for the layers whose two components explain at least half of the variance
-    drawn = [i for i, e in numbers["layers"].items() if e["explained_variance_2d"] >= 0.5]
+    for index, entry in numbers["layers"].items():
+        trajectory = snapshots[:, layer == int(index)].astype(np.float64)  # [S, P_l, n]
+        within = trajectory.var(axis=0).sum(axis=1).mean()
+        total = trajectory.reshape(-1, trajectory.shape[2]).var(axis=0).sum()
+        assert entry["movement_share"] == pytest.approx(within / total, rel=1e-9)
+    drawn = [
+        i for i, e in numbers["layers"].items() if e["explained_variance_2d"] >= 0.5 and e["movement_share"] >= 0.1
+    ]
     assert numbers["pca_drawn"] == drawn
     names = {p.name for p in out.glob("*.png")}
     assert names == {"trajectories_distance.png", "trajectories_movement.png"} | (

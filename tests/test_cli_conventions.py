@@ -96,11 +96,12 @@ def test_unknown_key_suggests_the_nearest(key, suggestion, tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     assert run.main(["--set", f"{key}=1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"unknown config key {key!r}; did you mean {suggestion!r}" in err
+    assert err.count("\n") == 1 and f"unknown config key {key!r}; did you mean " in err
+    assert repr(suggestion) in err.split("did you mean ")[1]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({key.split(".")[0]: {key.split(".")[-1]: 1}} if "." in key
                                                     else {key: 1}))  # fmt: skip
     assert run.main(["--config", "c.yaml"]) == 2
-    assert f"did you mean {suggestion!r}" in capsys.readouterr().err
+    assert repr(suggestion) in capsys.readouterr().err.split("did you mean ")[1]
     assert not (tmp_path / "runs").exists()
 
 

@@ -59,7 +59,8 @@ def test_nothing_cites_notes_outside_the_repository():
     hits = [
         f"{path.relative_to(ROOT)}:{n}"
         for path in tracked_files()
-        if path.suffix in (".py", ".md", ".toml", ".yaml", ".cfg", ".txt") and path.name != "test_docs.py"
+        if path.suffix in (".py", ".md", ".toml", ".yaml", ".cfg", ".txt")
+        and path.name not in ("test_docs.py", "test_report_page.py")
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if pattern.search(line)
     ]
