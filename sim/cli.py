@@ -23,6 +23,7 @@ __all__ = [
     "error_exit",
     "headless_matplotlib",
     "non_negative_int",
+    "positive_int",
     "resolve_device",
     "version_text",
 ]
@@ -78,6 +79,21 @@ def non_negative_int(flag: str) -> Callable[[str], int]:
             value = -1
         if value < 0:
             raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type for `flag`: an integer >= 1, else an error naming the flag and the text given."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
         return value
 
     return parse

@@ -145,6 +145,7 @@ class Config:
     seed: int = _f(0, lo=0)
     device: str = _f("auto", choices=DEVICES)
     dtype: str = _f("float32", choices=tuple(DTYPES))
+    threads: int | None = _f(None, lo=1)  # CPU threads; None: 1 for small banks, else the free cores (sim.threads)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     particle: ParticleConfig = field(default_factory=ParticleConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

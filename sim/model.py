@@ -24,15 +24,18 @@ from mesa.discrete_space import Network
 from sim.agents import ParticleAgent
 from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import (
     KIND_NAMES,
     ParticleSpec,
     classify,
     effective_weights,
     init_weights,
+    kernel_effective_weights,
+    log_quantities,
     sr_loss,
     sr_train_,
+    uses_kernels,
 )
 from sim.record import (
     CHECKPOINT_NAME,
@@ -44,10 +47,13 @@ from sim.record import (
     save_checkpoint,
 )
 from sim.tasks import make_task
-from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
+from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_graph_size, particle_table
 
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
+# the record holds the particle graph's edges up to this many; a larger graph is built only when events or agents
+# need it, and the record's `/topology/edges` is empty then (784-32-32-10 already has 11 M)
+RECORD_EDGES_LIMIT = 2_000_000
 
 
 class LogCollector(mesa.DataCollector):
@@ -188,6 +194,8 @@ class ParticleModel(mesa.Model):
 
     def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        if uses_kernels(weights, self.spec):  # all three in one pass over the bank
+            return log_quantities(weights, self.spec)
         return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
 
     def _gate_threshold(self) -> float:
@@ -221,12 +229,6 @@ class ParticleModel(mesa.Model):
         return {"task": "none", "metric_name": "none", "layer_sizes": "[]"}
 
     # --- one simulation step -----------------------------------------------------------------------------------------
-    def _sgd(self, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float) -> None:
-        """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
-        with torch.no_grad():
-            momentum_buffer.mul_(self.config.train.momentum).add_(grad)
-            self.weights.add_(momentum_buffer, alpha=-lr)
-
     def _self_train(self) -> torch.Tensor:
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
@@ -432,19 +434,30 @@ class OrganismModel(ParticleModel):
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
-        output = self.organism.forward(self.weights, x)
-        loss = self.task.loss(output, y)
-        (grad,) = torch.autograd.grad(loss, self.weights)
-        self._sgd(grad, self.task_momentum, self.config.train.lr)
-        return loss.detach(), self.task.metric(output.detach(), y)
+        train = self.config.train
+        loss, output = sgd_step_(
+            self.organism, self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr,
+            train.momentum,
+        )  # fmt: skip
+        return loss, self.task.metric(output, y)
 
     @torch.no_grad()
     def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
         weights = self.weights.detach() if weights is None else weights
-        return float(self.task.metric(self.organism.forward(weights, self.task.test_x), self.task.test_y))
+        if isinstance(self.organism, Organism) and uses_kernels(weights, self.spec):
+            output = self.organism.forward_effective(kernel_effective_weights(weights, self.spec), self.task.test_x)
+        else:
+            output = self.organism.forward(weights, self.task.test_x)
+        return float(self.task.metric(output, self.task.test_y))
 
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)
+        edges = particle_graph_size(self.sizes, self.config.events.neighbourhood)
+        if self._graph is None and edges > RECORD_EDGES_LIMIT:
+            # nothing needs the graph yet (no events, no agents asked for): the record leaves its edges out rather
+            # than build a line graph of this size
+            return {"layer": table.layer, "source": table.source, "target": table.target,
+                    "edges": np.zeros((0, 2), dtype=np.int64)}  # fmt: skip
         topology = super()._topology()
         topology.update(layer=table.layer, source=table.source, target=table.target)
         return topology

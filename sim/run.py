@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from sim.cli import Parser, UsageError, error_exit, non_negative_int
+from sim.cli import Parser, UsageError, error_exit, non_negative_int, positive_int
 from sim.config import (
     DEVICES,
     MODES,
@@ -34,6 +34,7 @@ from sim.particles import KIND_NAMES
 from sim.record import CHECKPOINT_NAME, RECORD_NAME, RecordError, load_checkpoint
 from sim.runner import build_model, config_yaml, simulate, write_config
 from sim.tasks import DataError
+from sim.threads import default_threads, set_threads
 
 NAME_CHARS = 60  # the most characters of --set keys in a default run directory name
 
@@ -52,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")
     p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        help="CPU threads (default: 1 for small organisms, else the free cores)",
+    )
+    p.add_argument(
         "--out", help="run directory (default runs/<timestamp>-<task>-s<seed>[-<--set keys that differ>] or --name)"
     )
     p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
@@ -65,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then --config, then the flags, then --set, in that order."""
     overrides = [
-        (key, getattr(args, key)) for key in ("mode", "steps", "seed", "device") if getattr(args, key) is not None
+        (key, getattr(args, key))
+        for key in ("mode", "steps", "seed", "device", "threads")
+        if getattr(args, key) is not None
     ]
     if args.task is not None:
         overrides.append(("task.name", args.task))
@@ -150,6 +158,8 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     config = from_dict(state["config"])
     if args.device is not None:
         config.device = args.device
+    if args.threads is not None:
+        config.threads = args.threads
     resolve_device(config.device)
     return config, run_dir
 
@@ -179,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
     except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
         return error_exit("sim.run", exc)
+    set_threads(config.threads or default_threads(model.n_particles))
     if not args.resume:
         write_config(config, run_dir)
     try:

@@ -45,6 +45,7 @@ from sim.config import (
 )  # fmt: skip
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
 from sim.runner import build_model, simulate, write_config
+from sim.threads import set_threads
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
@@ -300,8 +301,9 @@ def _flat_dict(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- one run, on a worker ---------------------------------------------------------------------------------------------
-def _claim_resources(device: str) -> None:
-    """Give this run its worker's share of the host's cores and, on a GPU host, the worker's GPU.
+def _claim_resources(device: str, threads: int | None = None) -> None:
+    """Give this run its worker's share of the host's cores (or the config's `threads`) and, on a GPU host, the
+    worker's GPU.
 
     Share: the host's usable cores over the task slots of all Dask workers on that host, so workers never
     oversubscribe. GPU: visible GPU `rank % count`, rank = the integer a worker's name ends in (LocalCluster names
@@ -311,7 +313,7 @@ def _claim_resources(device: str) -> None:
     workers = get_client().scheduler_info(n_workers=-1)["workers"]
     host = workers.get(worker.address, {}).get("host")
     slots = sum(w["nthreads"] for w in workers.values() if w.get("host") == host) or worker.state.nthreads
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // slots))
+    set_threads(threads or max(1, len(os.sched_getaffinity(0)) // slots))
     if resolve_device(device).type == "cuda":
         match = re.search(r"(?:^|-)(\d+)$", str(worker.name))
         torch.cuda.set_device((int(match.group(1)) if match else 0) % torch.cuda.device_count())
@@ -332,7 +334,7 @@ def run_one(config: dict[str, Any], run_dir: str, topic: str, index: int) -> Non
     holds a checkpoint and a record; a finished one is left alone. Announces its start under `topic`."""
     get_worker().log_event(topic, {"run": index})
     planned = from_dict(config)
-    _claim_resources(planned.device)
+    _claim_resources(planned.device, planned.threads)
     path = Path(run_dir)
     if is_complete(path):
         return

@@ -123,6 +123,8 @@ def test_same_seed_same_record_other_seed_differs(tmp_path):
         (["--set", "events.attack=-0.1"], "events.attack must be >= 0"),
         (["--set", "train.lr=abc"], "train.lr must be a number"),
         (["--set", "justakey"], "--set needs KEY=VALUE"),
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--set", "threads=0"], "threads must be >= 1"),
         (["--config", "missing.yaml"], "cannot read config file"),
         (["--resume", "nowhere"], "holds no checkpoint"),
     ],
