@@ -102,10 +102,12 @@ class TrainConfig:
 
 def _events_config() -> type:
     """The `events` section, derived from the event table `sim.events.EVENTS`: one rate per event type (a per-step,
-    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter, and the
-    organism's neighbourhood."""
+    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter (None:
+    its default, or its soup default in soups), and the organism's neighbourhood."""
     fields: list[tuple[str, Any, Any]] = [(e.name, float | None, _f(None, lo=0.0, hi=1.0)) for e in EVENTS]
-    fields += [(p.name, type(p.default), _f(p.default, lo=p.lo, hi=p.hi)) for p in EVENT_PARAMS.values()]
+    for p in EVENT_PARAMS.values():  # one with a soup default of its own is left at None until `resolve`
+        typ, default = (type(p.default), p.default) if p.soup_default is None else (type(p.default) | None, None)
+        fields.append((p.name, typ, _f(default, lo=p.lo, hi=p.hi)))
     fields.append(("neighbourhood", str, _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)))
     cls = dataclasses.make_dataclass("EventsConfig", fields)
     cls.__module__ = __name__  # pickled by reference, as the other sections
@@ -286,6 +288,9 @@ def _default_text(key: str, default: Any) -> str:
         return "by task: " + ", ".join(f"{task} {value}" for task, value in by_task.items())
     if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_RATES:
         return f"organism 0, soup {SOUP_EVENT_DEFAULTS[key.split('.')[1]]}"
+    if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_PARAMS:
+        param = EVENT_PARAMS[key.split(".")[1]]
+        return f"organism {str(param.default).lower()}, soup {str(param.soup_default).lower()}"
     if default is None:
         return "none"
     return str(default).lower() if isinstance(default, bool) else str(default)
@@ -401,6 +406,10 @@ def resolve(config: Config) -> Config:
     for rate in EVENT_RATES:
         if getattr(config.events, rate) is None:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
+    for name, param in EVENT_PARAMS.items():
+        if getattr(config.events, name) is None:
+            soup = config.mode == "soup" and param.soup_default is not None
+            setattr(config.events, name, param.soup_default if soup else param.default)
     if config.organism.hidden is not None:
         config.organism.depth = len(config.organism.hidden) + 1  # the recorded config then says what ran
     rates = [rate for rate in EVENT_RATES if getattr(config.events, rate)]

@@ -122,6 +122,7 @@ class ParticleModel(mesa.Model):
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
+        self.event_counts = torch.zeros(len(EVENT_NAMES), dtype=torch.int64, device=self.device)  # since step 0
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
@@ -262,6 +263,7 @@ class ParticleModel(mesa.Model):
         if not self.sr_active:
             self._update_gate(step, metric.detach())
         events = self._events()
+        self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
@@ -310,7 +312,8 @@ class ParticleModel(mesa.Model):
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
-                        "sr_active": self.sr_active}  # fmt: skip
+                        "sr_active": self.sr_active,
+                        "event_counts": dict(zip(EVENT_NAMES, self.event_counts.tolist()))}  # fmt: skip
         if step > 0:  # the collector's entry i is step i + 1 (Mesa's layout); the initial state lives in the record
             self.datacollector.collect(self)
         if self.record is not None:
@@ -339,6 +342,7 @@ class ParticleModel(mesa.Model):
             "python_random": self.random.getstate(),
             "numpy_rng": self.rng.bit_generator.state,
             "sr_active": self.sr_active,
+            "event_counts": self.event_counts.cpu().clone(),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
             "gate_sum": float(self._gate_sum),
@@ -360,6 +364,8 @@ class ParticleModel(mesa.Model):
         self.random.setstate(state["python_random"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.sr_active = state["sr_active"]
+        if "event_counts" in state:  # checkpoints written before the counts were kept
+            self.event_counts.copy_(state["event_counts"].to(self.device))
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
         self._gate_sum.fill_(state["gate_sum"])

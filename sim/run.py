@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
+        print(f"self-replicators at the end: {summary['kind_counts']['self_replicator']}")
+        print("events: " + ", ".join(f"{k}={v}" for k, v in summary["event_counts"].items()))
     print(f"run directory: {run_dir}")
     return 0
 
