@@ -46,11 +46,12 @@ from sim.config import (
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
 from sim.rundir import RunDir
 from sim.runner import build_model, simulate, write_config
-from sim.safeyaml import TextFileError, load_yaml, read_capped
+from sim.safeyaml import TextFileError, load_yaml, read_capped, short_repr
 from sim.threads import set_threads
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
+SEED_MAX = 2**64 - 1  # the config's seed range
 LOCK_NAME = ".sweep.lock"
 SCALARS = (type(None), bool, int, float, str)
 
@@ -146,12 +147,12 @@ def _flatten(base: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _seeds(value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise SweepError(f"seeds: a count must be >= 1, got {value!r}")
+        if not 1 <= value <= SEED_MAX:
+            raise SweepError(f"seeds: a count must be in 1..2**64-1, got {short_repr(value)}")
         return list(range(value))
     if isinstance(value, list) and value:
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-            raise SweepError(f"seeds: a list must hold non-negative integers, got {value!r}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in value):
+            raise SweepError(f"seeds: a list must hold integers in 0..2**64-1, got {short_repr(value)}")
         if len(set(value)) != len(value):
             raise SweepError(f"seeds: a list must not repeat a seed, got {value!r}")
         return value
