@@ -26,7 +26,7 @@ from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
 from sim.config import DTYPES, Config, ConfigError, from_dict
 from sim.organism import Organism
 from sim.particles import KIND_COLOURS, KIND_LABELS, KIND_NAMES, ParticleSpec, apply, classify, effective_weights
-from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group
+from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group, resolve_inside
 from sim.tasks import METRICS, DataError, Metric, Task, make_task
 
 # A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
@@ -142,7 +142,7 @@ class Run:
     def final_weights(self) -> tuple[torch.Tensor, int, str]:
         """The final particle bank `[P, n]` in the run's dtype, its step, and where it came from."""
         if self._weights is None:
-            checkpoint = self.run_dir / str(self.attrs.get("checkpoint", "checkpoint.pt"))
+            checkpoint = resolve_inside(self.run_dir, str(self.attrs.get("checkpoint", "checkpoint.pt")))
             if checkpoint.is_file():
                 state = load_checkpoint(checkpoint)
                 try:

@@ -46,6 +46,8 @@ CAPTIONS = {
     "trajectories_movement": "How far the weights move per step between snapshots, by final kind (thick: median).",
     "robustness": "Noisy copies of the final self-replicators, self-applied: how long they stay self-replicators, "
     "when they become zero or divergent, and what they end as.",
+    "soup": "Left: the population events per step by kind; middle: the kinds over time (thick) with the events "
+    "overlaid (thin); right: the largest lineage's size, over all particles and over the self-replicators.",
     "aggregate_over_time": "Across runs: the held-out metric, the kind counts and the SR loss over time (bands: 95% "
     "interval of the mean).",
     "aggregate_pruning_curve": "Across runs: the metric against the fraction zeroed per strategy (bands: 95% interval "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import soup
 from analysis.common import KIND_LABELS, Run
 from analysis.report_format import fmt, interval, md_table, metric_words, percent, table
 from analysis.robustness import findings as stability_findings
@@ -204,6 +205,7 @@ SECTIONS: dict[str, tuple[Findings, Body]] = {
     "connectivity": (connectivity_findings, connectivity_body),
     "trajectories": (trajectories_findings, trajectories_body),
     "robustness": (robustness_findings, robustness_body),
+    "soup": (soup.report_findings, soup.report_body),
 }
 
 

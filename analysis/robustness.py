@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from analysis import known_fixpoint
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
@@ -66,6 +67,7 @@ DEFAULT_EXPONENTS = tuple(range(1, 10))
 DEFAULT_REPEATS = 5
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_NOISE_SEED = 0
+KNOWN_FIXPOINT_FLAG = "--known-fixpoint"
 
 
 @dataclass
@@ -376,7 +378,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = run_parser("python -m analysis.robustness", "Noise robustness of the final self-replicators.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if KNOWN_FIXPOINT_FLAG in argv:  # the identity particle instead of a run's self-replicators
+        return known_fixpoint.main([a for a in argv if a != KNOWN_FIXPOINT_FLAG])
+    p = run_parser(
+        "python -m analysis.robustness",
+        "Noise robustness of the final self-replicators "
+        f"({KNOWN_FIXPOINT_FLAG} [options]: of the identity particle, see python -m analysis.known_fixpoint)",
+    )
     add_options(p)
     return run_script("analysis.robustness", p, analyse, argv)
 

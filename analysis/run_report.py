@@ -21,13 +21,14 @@ from analysis.report_format import fmt, md_figures, md_table, mean_sd, metric_wo
 from analysis.specialisation import read_events
 from sim.record import is_complete
 
-SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness")
+SCRIPTS = ("specialisation", "pruning", "connectivity", "trajectories", "robustness", "soup")
 SCRIPT_TITLES = {
     "specialisation": "Specialisation",
     "pruning": "Particle dropout and pruning",
     "connectivity": "Connectivity",
     "trajectories": "Weight trajectories",
     "robustness": "Robustness of the self-replicators",
+    "soup": "Population events and lineages",
 }
 FIGURES = "figures"
 

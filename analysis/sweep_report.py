@@ -100,8 +100,9 @@ def report_sweep(sweep_dir: Path, out: Path, scripts: list[Script], given: argpa
 
 SWEEP_PANELS = (  # (title, y label ("metric": the task's), [(headline key, label)])
     ("Held-out metric at the end", "metric", [("final.held_out_metric", "held-out metric")]),
-    ("Self-replicators at the end", "particles", [("final.kind_counts.self_replicator", "self-replicators"),
-                                                  ("pruning.equal_sparsity.pure_count", "pure self-replicators")]),
+    ("Fixpoints at the end", "particles", [("final.kind_counts.self_replicator", "self-replicators (non-zero)"),
+                                           ("pruning.equal_sparsity.pure_count", "pure self-replicators"),
+                                           ("final.kind_counts.zero", "zero particles")]),
     ("Pruning at the self-replicators' sparsity", "metric", [("pruning.metric_full", "full organism"),
                                                              ("pruning.equal_sparsity.self_replicators", "SRs zeroed"),
                                                              ("pruning.equal_sparsity.magnitude", "magnitude"),

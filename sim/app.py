@@ -37,7 +37,7 @@ from sim.figures import (
 from sim.model import OrganismModel, ParticleModel
 from sim.particles import KIND_NAMES
 from sim.record import RecordError
-from sim.replay import Replay, load_replay
+from sim.replay import Replay, check_replay_path, load_replay
 from sim.soup import SoupModel
 from sim.view import REPLAY_ENV, incompatible_widgets
 
@@ -237,7 +237,7 @@ def _open_replay(path: str) -> tuple[Replay | None, str | None]:
     if not path.strip():
         return None, None
     try:
-        return load_replay(path.strip()), None
+        return load_replay(check_replay_path(path.strip())), None
     except (RecordError, OSError, KeyError, ValueError) as exc:
         return None, str(exc)
 

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sim import particles
-from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
+from sim import kernels, particles
+from sim.cli import Parser, UsageError, error_exit, headless_matplotlib, positive_int
 from sim.config import DEVICES, ConfigError, build_config, resolve_device
 from sim.model import OrganismModel, ParticleModel
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import ParticleSpec
 from sim.soup import SoupModel
+from sim.threads import set_threads
 
 LR = 0.004
 MOMENTUM = 0.9
@@ -50,6 +55,7 @@ SCALING_SIZES = (1_000, 10_000, 100_000, 1_000_000)  # --quick stops at 1e5
 GPU_SCALING_SIZES = (*SCALING_SIZES, 10_000_000)  # or until the GPU's memory runs out
 SCALING_SPEC = ParticleSpec(weight_interface=5, hidden=5)
 SR_BLOCK = 10  # the default n_sr: the model runs the SR steps of a simulation step as one block
+CONCURRENT_STEPS = 300  # steps of each default run in the concurrency check
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Case:
     spec: ParticleSpec
     batch: int
     loss: str  # "cross_entropy" (10 classes) or "mse"
+    loop: bool = True  # time the per-particle loop too (hours on the large organisms)
 
     @property
     def n_particles(self) -> int:
@@ -71,6 +78,7 @@ class Case:
 CASES = (
     Case("mnist", (225, 5, 5, 10), ParticleSpec(5, 5), 2000, "cross_entropy"),
     Case("arithmetic", (2, 3, 3, 1), ParticleSpec(5, 3), 50, "mse"),
+    Case("lenet_300_100", (784, 300, 100, 10), ParticleSpec(5, 5), 2000, "cross_entropy", loop=False),
 )
 
 
@@ -116,18 +124,25 @@ class Batched:
         self.momentum = torch.zeros_like(self.weights.detach())  # [P, n], one buffer for both phases, like the loop's
 
     def task_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = task_loss(self.case, self.organism.forward(self.weights, x), y)
-        (grad,) = torch.autograd.grad(loss, self.weights)
-        with torch.no_grad():  # torch.optim.SGD's update, as the model does it
-            self.momentum.mul_(MOMENTUM).add_(grad)
-            self.weights.sub_(self.momentum, alpha=LR)
-        return loss.detach()
+        loss, _ = sgd_step_(  # as the model does it
+            self.organism, self.weights, self.momentum, x, partial(task_loss, self.case, target=y), LR, MOMENTUM
+        )
+        return loss
 
     def sr_step(self) -> torch.Tensor:
         return sr_step(self.weights, self.momentum, self.case.spec)
 
+    def sr_block(self) -> torch.Tensor:
+        """`SR_BLOCK` SR steps in one call, as the model runs them."""
+        return particles.sr_train_(self.weights, self.momentum, self.case.spec, SR_BLOCK, LR, MOMENTUM)
+
     def classify(self) -> torch.Tensor:
-        return particles.classify(self.weights.detach(), self.case.spec)
+        """The kinds as a log interval computes them (with the SR loss and effective weights, in the kernels' one
+        pass where they apply)."""
+        weights = self.weights.detach()
+        if particles.uses_kernels(weights, self.case.spec):
+            return particles.log_quantities(weights, self.case.spec)[0]
+        return particles.classify(weights, self.case.spec)
 
 
 def sr_step(weights: torch.Tensor, momentum_buffer: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
@@ -288,23 +303,27 @@ def median_ms(
 
 
 def bench_case(case: Case, device: torch.device, budget: Budget, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Task step, SR step and classification times (ms) of one organism: batched, loop and (task step) dense."""
+    """Task step, SR step and classification times (ms) of one organism: batched, loop (where the case times it) and
+    (task step) dense."""
     generator = torch.Generator().manual_seed(seed)
     bank = particles.init_weights(case.n_particles, case.spec, generator).to(device)  # [P, n]
     x, y = task_batch(case, device, generator)
-    batched, loop, dense = Batched(case, bank), Loop(case, bank), Dense(case, device, bank.dtype)
+    batched, dense = Batched(case, bank), Dense(case, device, bank.dtype)
+    loop = Loop(case, bank) if case.loop else None
     fast = {"device": device, "warmup": budget.warmup, "repeats": budget.repeats}
     slow = {"device": device, "warmup": budget.loop_warmup, "repeats": budget.loop_repeats}
     task = median_ms({"batched": lambda: batched.task_step(x, y), "dense": lambda: dense.task_step(x, y)}, **fast)
-    return {
-        "task_step_ms": {
-            "batched": task["batched"],
-            **median_ms({"loop": lambda: loop.task_step(x, y)}, **slow),
-            "dense": task["dense"],
-        },
-        "sr_step_ms": median_ms({"batched": batched.sr_step}, **fast) | median_ms({"loop": loop.sr_step}, **slow),
-        "classify_ms": median_ms({"batched": batched.classify}, **fast) | median_ms({"loop": loop.classify}, **slow),
+    figures = {
+        "task_step_ms": {"batched": task["batched"], "dense": task["dense"]},
+        # the model runs its n_sr SR steps as one fused block: per SR step of such a block
+        "sr_step_ms": {"batched": median_ms({"sr": batched.sr_block}, **fast)["sr"] / SR_BLOCK},
+        "classify_ms": median_ms({"batched": batched.classify}, **fast),
     }
+    if loop is not None:
+        figures["task_step_ms"] |= median_ms({"loop": lambda: loop.task_step(x, y)}, **slow)
+        figures["sr_step_ms"] |= median_ms({"loop": loop.sr_step}, **slow)
+        figures["classify_ms"] |= median_ms({"loop": loop.classify}, **slow)
+    return figures
 
 
 def bench_sr_scaling(
@@ -329,9 +348,10 @@ FULL_STEP_CASES = {
     "arithmetic": [("task.name", "arithmetic")],
     "mnist": [],
     "soup_1m": [("mode", "soup"), ("soup.size", 1_000_000)],
+    "large_784_128_128_10": [("task.image_side", 28), ("organism.width", 128)],
     "large_784_1024_1024_10": [("task.image_side", 28), ("organism.width", 1024)],
 }
-LARGE_CASES = ("soup_1m", "large_784_1024_1024_10")
+LARGE_CASES = ("soup_1m", "large_784_128_128_10", "large_784_1024_1024_10")
 PHASES = {"_self_train": "sr", "_task_step": "task", "_events": "events", "_log": "log", "_snapshot": "snapshot"}
 
 
@@ -392,16 +412,78 @@ def bench_full_step(
     }
 
 
+def _full_step_child(queue, overrides, device, steps, warmup, agents, threads) -> None:
+    set_threads(threads)
+    queue.put(bench_full_step(overrides, torch.device(device), steps, warmup, agents))
+
+
 def bench_full_steps(device: torch.device, quick: bool) -> dict[str, dict[str, object]]:
-    """`bench_full_step` for every case (smallest first, so the process's peak memory grows case by case)."""
+    """`bench_full_step` for every case, each in a fresh process (spawned), so that its peak memory is its own."""
     results = {}
+    context = multiprocessing.get_context("spawn")
     for name, overrides in FULL_STEP_CASES.items():
         large = name in LARGE_CASES
         if large and quick:
             continue
         steps = 10 if large else (20 if quick else 100)
-        results[name] = bench_full_step(overrides, device, steps=steps, warmup=1 if large else 10, agents=not large)
+        queue = context.Queue()
+        args = (queue, overrides, device.type, steps, 1 if large else 10, not large, torch.get_num_threads())
+        child = context.Process(target=_full_step_child, args=args)
+        child.start()
+        results[name] = queue.get()
+        child.join()
     return results
+
+
+def machine_peaks(device: torch.device, budget: Budget) -> dict[str, float]:
+    """The machine's limits as this process sees them (at its thread count): `gflops`, a float32 matmul's rate, and
+    `gb_per_s`, a STREAM-like copy's bandwidth (bytes read plus written, arrays far larger than the caches)."""
+    n = 1024
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    src = torch.rand(32 * 2**20, device=device)  # 128 MiB
+    dst = torch.empty_like(src)
+    times = median_ms({"mm": lambda: a @ b, "copy": lambda: dst.copy_(src)}, device, 2, max(3, budget.repeats // 5))
+    return {"gflops": 2 * n**3 / times["mm"] / 1e6, "gb_per_s": 2 * src.numel() * 4 / times["copy"] / 1e6}
+
+
+def sr_roofline(peaks: dict[str, float], ns_per_particle: float, spec: ParticleSpec = SCALING_SPEC) -> dict:
+    """What one SR step of a linear particle costs and what the machine allows for it: the fused kernel's arithmetic
+    `flops` per particle-step (counted from its generated code) and the memory `bytes` per particle-step as the model
+    runs it (the bank and momentum rows read and written once per block of `SR_BLOCK` steps); the lower bound on the
+    time these imply at the measured peaks, and the fraction of that bound the measured time reaches."""
+    flops = kernels.sr_flops(spec.weight_interface, spec.hidden)
+    bytes_ = 4 * spec.n_weights * 4 / SR_BLOCK + 4 / SR_BLOCK  # float32 weights and buffer in and out, the loss out
+    bound_ns = max(flops / peaks["gflops"], bytes_ / peaks["gb_per_s"])
+    return {
+        "flops_per_particle": flops,
+        "bytes_per_particle": bytes_,
+        "bound_ns_per_particle": bound_ns,
+        "measured_ns_per_particle": ns_per_particle,
+        "fraction_of_bound": bound_ns / ns_per_particle,
+    }
+
+
+def bench_concurrent_runs(steps: int) -> dict[str, float]:
+    """Steps per second of the default run (`python -m sim.run --steps N`, its own thread choice) alone, and of each
+    of two started together: the share of the lone run's speed each of the pair keeps."""
+
+    def launch(out: Path) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "sim.run", "--steps", str(steps), "--quiet", "--out", str(out)]
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def rate(process: subprocess.Popen) -> float:
+        out, err = process.communicate()
+        match = re.search(r"\((\d+) steps/s\)", out)
+        if process.returncode != 0 or match is None:
+            raise RuntimeError(f"sim.run failed: {err.strip().splitlines()[-1:] or out}")
+        return float(match.group(1))
+
+    with tempfile.TemporaryDirectory() as root:
+        alone = rate(launch(Path(root, "alone")))
+        pair = [launch(Path(root, f"pair{i}")) for i in range(2)]
+        rates = [rate(process) for process in pair]
+    return {"steps": steps, "alone_steps_per_s": alone, "pair_steps_per_s": rates, "kept": min(rates) / alone}
 
 
 def device_name(device: torch.device) -> str:
@@ -414,50 +496,82 @@ def device_name(device: torch.device) -> str:
 def run(device: torch.device, budget: Budget, cases: tuple[Case, ...], quick: bool = False) -> dict:
     """All figures as the JSON document: `device`, `torch`, `organisms` (per case: `task_step_ms`, `sr_step_ms`,
     `classify_ms`, each by implementation), `sr_scaling_ns_per_particle` (by bank size; up to 1e7 on a GPU, 1e5 with
-    --quick) and `full_step` (per model: steps/s, particle updates/s, phase shares, peak memory)."""
+    --quick), `peaks` (the machine's measured matmul GFLOP/s and copy GB/s), `sr_roofline` (by bank size: the SR
+    step's flops and bytes per particle, the time bound they imply and the fraction of it reached), `full_step` (per
+    model, each in a fresh process: steps/s, particle updates/s, phase shares, its own peak memory) and, on a CPU
+    without --quick, `concurrent_runs` (two default runs at once against one alone)."""
     scaling = GPU_SCALING_SIZES if device.type == "cuda" else SCALING_SIZES
     if quick:
         scaling = tuple(size for size in scaling if size <= 100_000)
-    return {
+    peaks = machine_peaks(device, budget)
+    sr_scaling = bench_sr_scaling(scaling, device, budget)
+    results = {
         "device": device_name(device),
         "torch": torch.__version__,
+        "peaks": peaks,
         "organisms": {case.name: bench_case(case, device, budget) for case in cases},
-        "sr_scaling_ns_per_particle": bench_sr_scaling(scaling, device, budget),
+        "sr_scaling_ns_per_particle": sr_scaling,
+        "sr_roofline": {size: sr_roofline(peaks, ns) for size, ns in sr_scaling.items()},
         "full_step": bench_full_steps(device, quick),
     }
+    if not quick and device.type == "cpu":
+        results["concurrent_runs"] = bench_concurrent_runs(CONCURRENT_STEPS)
+    return results
 
 
 def format_table(results: dict) -> str:
     """A readable table of `run()`'s figures, with the batched implementation's speed-ups."""
     lines = [f"device: {results['device']}   torch {results['torch']}", ""]
     header = (
-        f"{'organism':<11} {'measure':<10} {'batched ms':>11} {'loop ms':>10} {'dense ms':>10} {'loop/batched':>13}"
+        f"{'organism':<13} {'measure':<10} {'batched ms':>11} {'loop ms':>10} {'dense ms':>10} {'loop/batched':>13}"
     )
     lines += [header, "-" * len(header)]
     for name, figures in results["organisms"].items():
         for measure, times in figures.items():
             dense = f"{times['dense']:>10.3f}" if "dense" in times else f"{'':>10}"
+            loop = f"{times['loop']:>10.1f}" if "loop" in times else f"{'-':>10}"
+            speedup = f"{times['loop'] / times['batched']:>12.0f}x" if "loop" in times else f"{'-':>13}"
             lines.append(
-                f"{name:<11} {measure.removesuffix('_ms'):<10} {times['batched']:>11.3f} {times['loop']:>10.1f} "
-                f"{dense} {times['loop'] / times['batched']:>12.0f}x"
+                f"{name:<13} {measure.removesuffix('_ms'):<10} {times['batched']:>11.3f} {loop} {dense} {speedup}"
             )
         task = figures["task_step_ms"]
-        lines.append(f"{'':<11} batched task step / dense = {task['batched'] / task['dense']:.2f}")
-    lines += ["", "SR step per particle (k=5, h=5):"]
+        lines.append(f"{'':<13} batched task step / dense = {task['batched'] / task['dense']:.2f}")
+    peaks = results["peaks"]
+    any_roof = next(iter(results["sr_roofline"].values()), None)
+    lines += ["", "SR step per particle (k=5, h=5), as the model runs it (10 fused steps a call):"]
+    if any_roof is not None:
+        lines.append(
+            f"  machine: {peaks['gflops']:.0f} GFLOP/s (float32 matmul), {peaks['gb_per_s']:.1f} GB/s (copy); "
+            f"one step {any_roof['flops_per_particle']} flops, {any_roof['bytes_per_particle']:.0f} bytes per particle"
+        )
     for size, ns in results["sr_scaling_ns_per_particle"].items():
-        lines.append(f"  P = {int(size):>9,d}: {ns:8.1f} ns/particle")
+        roof = results["sr_roofline"][size]
+        lines.append(
+            f"  P = {int(size):>9,d}: {ns:8.1f} ns/particle   bound {roof['bound_ns_per_particle']:.1f} ns: "
+            f"{roof['fraction_of_bound']:.0%} of the machine's limit"
+        )
     lines += ["", "Whole simulation step (n_sr SR steps + task step + events + classification/logging every 10 steps):"]
     header = (
-        f"{'model':<24} {'particles':>10} {'ms/step':>9} {'steps/s':>8} {'updates/s':>10} {'peak host':>10}  phases"
+        f"{'model':<24} {'particles':>10} {'ms/step':>9} {'ns/particle':>11} {'steps/s':>8} {'updates/s':>10} "
+        f"{'peak host':>10}  phases"
     )
     lines += [header, "-" * (len(header) + 40)]
     for name, r in results["full_step"].items():
         phases = " ".join(f"{p} {share:.0%}" for p, share in r["phase_share"].items() if share >= 0.005)
         device_mem = f" (device {r['peak_device_mib']:.0f} MiB)" if r["peak_device_mib"] is not None else ""
         lines.append(
-            f"{name:<24} {r['n_particles']:>10,d} {r['step_ms']:>9.2f} {r['steps_per_s']:>8.1f} "
+            f"{name:<24} {r['n_particles']:>10,d} {r['step_ms']:>9.2f} {1e6 * r['step_ms'] / r['n_particles']:>11.0f} "
+            f"{r['steps_per_s']:>8.1f} "
             f"{r['particle_updates_per_s']:>10.2e} {r['peak_host_mib']:>6.0f} MiB  {phases}{device_mem}"
         )
+    if "concurrent_runs" in results:
+        c = results["concurrent_runs"]
+        pair = " and ".join(f"{rate:.0f}" for rate in c["pair_steps_per_s"])
+        lines += [
+            "",
+            f"Two default runs at once ({c['steps']} steps each): {pair} steps/s against {c['alone_steps_per_s']:.0f} "
+            f"alone; the slower keeps {c['kept']:.0%}",
+        ]
     return "\n".join(lines)
 
 
@@ -485,6 +599,12 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats: a whole run in under a minute on a 2-core CPU")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default auto)")
+    p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        default=1,
+        help="CPU threads (default 1: ratios that hold on a shared machine)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the SR-step scaling as a PNG to FILE")
     return p
@@ -499,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{flag}: directory {path.parent} does not exist")
     except (UsageError, ConfigError) as exc:
         return error_exit("sim.bench", exc)
+    set_threads(args.threads)
     results = run(device, QUICK if args.quick else FULL, CASES, quick=args.quick)
     print(format_table(results))
     if args.plot is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from sim import __version__
 from sim.config import resolve_device
 from sim.record import git_commit
+from sim.safeyaml import parse_scalar
 
 __all__ = [
     "Parser",
@@ -23,6 +24,7 @@ __all__ = [
     "error_exit",
     "headless_matplotlib",
     "non_negative_int",
+    "positive_int",
     "resolve_device",
     "version_text",
 ]
@@ -72,12 +74,26 @@ def non_negative_int(flag: str) -> Callable[[str], int]:
     """An argparse type for `flag`: an integer >= 0, else an error naming the flag and the text given."""
 
     def parse(text: str) -> int:
+        value = parse_scalar(text)  # 1000, 1_000 and 1e3 alike
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type for `flag`: an integer >= 1, else an error naming the flag and the text given."""
+
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
         return value
 
     return parse

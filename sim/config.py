@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -22,6 +23,7 @@ import yaml
 
 from sim.events import EVENT_NAMES, EVENT_PARAMS, EVENTS
 from sim.particles import ACTIVATIONS, MIN_WEIGHT_INTERFACE, ParticleSpec
+from sim.safeyaml import TextFileError, load_yaml, parse_scalar, read_capped, short_repr
 from sim.tasks import DEFAULT_RESIZE, RESIZE_MODES, TASK_TABLE
 
 MODES = ("organism", "soup", "dense")
@@ -102,10 +104,12 @@ class TrainConfig:
 
 def _events_config() -> type:
     """The `events` section, derived from the event table `sim.events.EVENTS`: one rate per event type (a per-step,
-    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter, and the
-    organism's neighbourhood."""
+    per-particle probability; None: 0 for organisms, the type's `soup_rate` in soups), every event parameter (None:
+    its default, or its soup default in soups), and the organism's neighbourhood."""
     fields: list[tuple[str, Any, Any]] = [(e.name, float | None, _f(None, lo=0.0, hi=1.0)) for e in EVENTS]
-    fields += [(p.name, type(p.default), _f(p.default, lo=p.lo, hi=p.hi)) for p in EVENT_PARAMS.values()]
+    for p in EVENT_PARAMS.values():  # one with a soup default of its own is left at None until `resolve`
+        typ, default = (type(p.default), p.default) if p.soup_default is None else (type(p.default) | None, None)
+        fields.append((p.name, typ, _f(default, lo=p.lo, hi=p.hi)))
     fields.append(("neighbourhood", str, _f("shared_neuron", choices=NEIGHBOURHOOD_NAMES)))
     cls = dataclasses.make_dataclass("EventsConfig", fields)
     cls.__module__ = __name__  # pickled by reference, as the other sections
@@ -142,9 +146,10 @@ class Config:
 
     mode: str = _f("organism", choices=MODES)
     steps: int = _f(10000, lo=0)
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=2**64 - 1)
     device: str = _f("auto", choices=DEVICES)
     dtype: str = _f("float32", choices=tuple(DTYPES))
+    threads: int | None = _f(None, lo=1)  # CPU threads; None: 1 for small banks, else the free cores (sim.threads)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     particle: ParticleConfig = field(default_factory=ParticleConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -192,8 +197,19 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return out
 
 
+INT_MAX = 2**63 - 1  # the largest integer a key takes unless its own range says otherwise (seed: 2**64-1)
+
+
+def _bound_text(value: float) -> str:
+    """`2**64-1` for a bound one below a power of two past a million, else the number."""
+    if isinstance(value, int) and value > 10**6 and (value + 1) & value == 0:
+        return f"2**{(value + 1).bit_length() - 1}-1"
+    return repr(value)
+
+
 def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Check `value` against the field's type and range; return it as that type."""
+    """Check `value` against the field's type and range; return it as that type. Integers state their range in the
+    error (`seed must be an integer in 0..2**64-1`); numbers must be finite."""
     allowed = typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,)
     if value is None:
         if type(None) in allowed:
@@ -204,38 +220,45 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         return _coerce_list(key, value, f)
     if base is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {short_repr(value)}")
     elif base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        meta = f.metadata
+        lo = meta.get("lo") if meta.get("lo") is not None else -INT_MAX - 1
+        hi = meta.get("hi") if meta.get("hi") is not None else INT_MAX
+        span = f"an integer in {_bound_text(lo)}..{_bound_text(hi)}"
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e5 as a person writes it
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{key} must be {span}, got {short_repr(value)}")
+        return value
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {short_repr(value)}")
         value = float(value)
-        if value != value:
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {short_repr(value)}")
     elif base is str and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {short_repr(value)}")
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {short_repr(value)}")
     if meta.get("lo") is not None and value < meta["lo"]:
-        raise ConfigError(f"{key} must be >= {meta['lo']}, got {value!r}")
+        raise ConfigError(f"{key} must be >= {meta['lo']}, got {short_repr(value)}")
     if meta.get("hi") is not None and value > meta["hi"]:
-        raise ConfigError(f"{key} must be <= {meta['hi']}, got {value!r}")
+        raise ConfigError(f"{key} must be <= {meta['hi']}, got {short_repr(value)}")
     return value
 
 
 def _coerce_list(key: str, value: Any, f: dataclasses.Field) -> list[int]:
     """A non-empty list of integers, each in the field's range (the only list-valued keys are lists of widths)."""
     if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
+        raise ConfigError(f"{key} must be a non-empty list of integers, got {short_repr(value)}")
     lo = f.metadata.get("lo")
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+            raise ConfigError(f"{key} must be a list of integers, got {short_repr(value)}")
         if lo is not None and item < lo:
-            raise ConfigError(f"{key} entries must be >= {lo}, got {value!r}")
+            raise ConfigError(f"{key} entries must be >= {lo}, got {short_repr(value)}")
     return list(value)
 
 
@@ -285,6 +308,9 @@ def _default_text(key: str, default: Any) -> str:
         return "by task: " + ", ".join(f"{task} {value}" for task, value in by_task.items())
     if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_RATES:
         return f"organism 0, soup {SOUP_EVENT_DEFAULTS[key.split('.')[1]]}"
+    if default is None and key.startswith("events.") and key.split(".")[1] in EVENT_PARAMS:
+        param = EVENT_PARAMS[key.split(".")[1]]
+        return f"organism {str(param.default).lower()}, soup {str(param.soup_default).lower()}"
     if default is None:
         return "none"
     return str(default).lower() if isinstance(default, bool) else str(default)
@@ -339,13 +365,8 @@ def set_value(config: Config, key: str, value: Any) -> None:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value: YAML scalars (`3`, `0.5`, `true`, `none`), anything else as a string."""
-    if text.strip().lower() in ("none", "null", "~", ""):
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A `--set` value as a person writes it (`3`, `1_000`, `1e-3`, `.5`, `true`, `none`), else the text."""
+    return parse_scalar(text)
 
 
 def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config") -> None:
@@ -355,7 +376,7 @@ def apply_mapping(config: Config, mapping: dict[str, Any], source: str = "config
     for name, value in mapping.items():
         if name in SECTIONS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {value!r}")
+                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {short_repr(value)}")
             for key, inner in value.items():
                 set_value(config, f"{name}.{key}", inner)
         elif isinstance(value, dict) and value:  # a misspelt section: name its keys, so the suggestion can too
@@ -369,11 +390,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a mapping; ConfigError if unreadable or malformed."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        text = read_capped(path, "config file")
+        data = tomllib.loads(text) if path.suffix == ".toml" else load_yaml(text)
+    except TextFileError as exc:
+        message = str(exc)
+        raise ConfigError(message if str(path) in message else f"config file {str(path)!r}: {message}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -381,7 +402,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
         if exc.context and exc.problem and exc.context_mark is not None:  # where the broken construct began
             what += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
         raise ConfigError(f"malformed config file {str(path)!r}{where}: {what}") from None
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:  # TOML's message names the line and column itself
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, RecursionError) as exc:  # TOML's message names line and column
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"malformed config file {str(path)!r}: {first}") from None
     if data is None:
@@ -400,6 +421,10 @@ def resolve(config: Config) -> Config:
     for rate in EVENT_RATES:
         if getattr(config.events, rate) is None:
             setattr(config.events, rate, SOUP_EVENT_DEFAULTS[rate] if config.mode == "soup" else 0.0)
+    for name, param in EVENT_PARAMS.items():
+        if getattr(config.events, name) is None:
+            soup = config.mode == "soup" and param.soup_default is not None
+            setattr(config.events, name, param.soup_default if soup else param.default)
     if config.organism.hidden is not None:
         config.organism.depth = len(config.organism.hidden) + 1  # the recorded config then says what ran
     rates = [rate for rate in EVENT_RATES if getattr(config.events, rate)]

@@ -33,14 +33,15 @@ from sim.particles import (
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter of an event type: the config key `events.<name>`, its default (whose type is the key's type) and
-    its range."""
+    """A parameter of an event type: the config key `events.<name>`, its default (whose type is the key's type), the
+    default of soups where it differs (`soup_default`; None: the same), its range and a one-line description."""
 
     name: str
     default: float | int | bool
     lo: float | None = None
     hi: float | None = None
     help: str = ""
+    soup_default: float | int | bool | None = None
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,8 @@ def learn_from(a: torch.Tensor, b: torch.Tensor, context: Context) -> torch.Tens
 
 
 EVENTS: tuple[Event, ...] = (
-    Event("attack", True, attack, 0.01, summary="A rewrites neighbour B with A applied to B's coordinates"),
-    Event("melt", True, melt, 0.01, summary="B takes a random half of its weights from neighbour A"),
+    Event("attack", True, attack, 0.005, summary="A rewrites neighbour B with A applied to B's coordinates"),
+    Event("melt", True, melt, 0.005, summary="B takes a random half of its weights from neighbour A"),
     Event(
         "replicate", True, replicate, 0.02, select=replicating_pairs,
         params=(Param("mutation_sigma", 0.01, lo=0.0, help="sd of the Gaussian mutation of a copy"),),
@@ -169,7 +170,8 @@ EVENTS: tuple[Event, ...] = (
     ),
     Event(
         "respawn", False, respawn, 1.0, select=dead_particles, rate_max=1.0,
-        params=(Param("respawn_zero", False, help="respawn zero particles too, not only divergent ones"),),
+        params=(Param("respawn_zero", False, soup_default=True, help="respawn zero particles too, not only divergent "
+                      "ones"),),
         summary="a divergent (with `respawn_zero`: or zero) particle is re-initialised Xavier-uniform",
     ),
     Event(
@@ -262,11 +264,16 @@ def population_events(
     return torch.cat(rows)
 
 
+def _default_text(param: Param) -> str:
+    text = str(param.default).lower()
+    return text if param.soup_default is None else f"{text}; soups: {str(param.soup_default).lower()}"
+
+
 def markdown_table() -> str:
     """The README's table of event types, from `EVENTS` (print it with `python -m sim.events`)."""
     lines = ["| event | acts on | soup rate | parameters (default) | what it does |", "| --- | --- | --- | --- | --- |"]
     for event in EVENTS:
-        params = "; ".join(f"`{p.name}` ({str(p.default).lower()}): {p.help}" for p in event.params) or "–"
+        params = "; ".join(f"`{p.name}` ({_default_text(p)}): {p.help}" for p in event.params) or "–"
         acts = "a random neighbour" if event.pairwise else "itself"
         lines.append(f"| `{event.name}` | {acts} | {event.soup_rate:g} | {params} | {event.summary} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -24,30 +25,58 @@ from mesa.discrete_space import Network
 from sim.agents import ParticleAgent
 from sim.config import DTYPES, Config, config_from_keywords, resolve_device
 from sim.events import EVENT_NAMES, EVENT_PARAMS, population_events
-from sim.organism import Organism
+from sim.organism import Organism, sgd_step_
 from sim.particles import (
     KIND_NAMES,
     ParticleSpec,
     classify,
     effective_weights,
     init_weights,
+    kernel_effective_weights,
+    log_quantities,
     sr_loss,
     sr_train_,
+    uses_kernels,
 )
 from sim.record import (
+    CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     RECORD_NAME,
+    RecordError,
     RecordWriter,
+    config_digest,
     git_commit,
     load_checkpoint,
     package_versions,
     save_checkpoint,
 )
 from sim.tasks import make_task
-from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_table
+from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_graph_size, particle_table
 
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
+# the record holds the particle graph's edges up to this many; a larger graph is built only when events or agents
+# need it, and the record's `/topology/edges` is empty then (784-32-32-10 already has 11 M)
+RECORD_EDGES_LIMIT = 2_000_000
+
+
+def _pack_pcg64(state: dict[str, Any]) -> torch.Tensor:
+    """NumPy's PCG64 state as bytes `[37]` uint8: state and increment (128 bits each), then the buffered 32 bits
+    (a flag byte and 4 bytes), all little-endian."""
+    if state.get("bit_generator") != "PCG64":
+        raise ValueError(f"cannot checkpoint NumPy's {state.get('bit_generator')} generator (PCG64 only)")
+    raw = (state["state"]["state"].to_bytes(16, "little") + state["state"]["inc"].to_bytes(16, "little")
+           + bytes([state["has_uint32"]]) + state["uinteger"].to_bytes(4, "little"))  # fmt: skip
+    return torch.tensor(list(raw), dtype=torch.uint8)
+
+
+def _unpack_pcg64(packed: torch.Tensor) -> dict[str, Any]:
+    raw = bytes(packed.tolist())
+    if len(raw) != 37:
+        raise ValueError(f"NumPy generator state of {len(raw)} bytes, not 37")
+    return {"bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(raw[:16], "little"), "inc": int.from_bytes(raw[16:32], "little")},
+            "has_uint32": raw[32], "uinteger": int.from_bytes(raw[33:37], "little")}  # fmt: skip
 
 
 class LogCollector(mesa.DataCollector):
@@ -116,6 +145,7 @@ class ParticleModel(mesa.Model):
         self.sr_momentum = torch.zeros_like(self.weights.detach())  # [P, n]
         self.rates = {name: getattr(config.events, name) for name in EVENT_NAMES}
         self.event_params = {name: getattr(config.events, name) for name in EVENT_PARAMS}
+        self.event_counts = torch.zeros(len(EVENT_NAMES), dtype=torch.int64, device=self.device)  # since step 0
         self.sr_active = self._gate_threshold() == 0
         self._metric_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._metric_count = 0
@@ -126,6 +156,7 @@ class ParticleModel(mesa.Model):
         self.datacollector = LogCollector(model_reporters=REPORTERS)
 
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_id = uuid.uuid4().hex  # which run a checkpoint belongs to (a resumed run keeps its own)
         self.record: RecordWriter | None = None
         if self.run_dir is not None:
             rows = self._load(self.run_dir / CHECKPOINT_NAME) if resume else None
@@ -188,6 +219,8 @@ class ParticleModel(mesa.Model):
 
     def _particle_state(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a log row holds per particle: kind code (int8), SR loss and effective weight, each `[P]`."""
+        if uses_kernels(weights, self.spec):  # all three in one pass over the bank
+            return log_quantities(weights, self.spec)
         return classify(weights, self.spec), sr_loss(weights, self.spec), effective_weights(weights, self.spec)
 
     def _gate_threshold(self) -> float:
@@ -221,12 +254,6 @@ class ParticleModel(mesa.Model):
         return {"task": "none", "metric_name": "none", "layer_sizes": "[]"}
 
     # --- one simulation step -----------------------------------------------------------------------------------------
-    def _sgd(self, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float) -> None:
-        """SGD with momentum (as torch.optim.SGD: `buf = m * buf + g; w -= lr * buf`) on the bank, in place."""
-        with torch.no_grad():
-            momentum_buffer.mul_(self.config.train.momentum).add_(grad)
-            self.weights.add_(momentum_buffer, alpha=-lr)
-
     def _self_train(self) -> torch.Tensor:
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
@@ -260,6 +287,7 @@ class ParticleModel(mesa.Model):
         if not self.sr_active:
             self._update_gate(step, metric.detach())
         events = self._events()
+        self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
@@ -308,7 +336,8 @@ class ParticleModel(mesa.Model):
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
-                        "sr_active": self.sr_active}  # fmt: skip
+                        "sr_active": self.sr_active,
+                        "event_counts": dict(zip(EVENT_NAMES, self.event_counts.tolist()))}  # fmt: skip
         if step > 0:  # the collector's entry i is step i + 1 (Mesa's layout); the initial state lives in the record
             self.datacollector.collect(self)
         if self.record is not None:
@@ -321,22 +350,37 @@ class ParticleModel(mesa.Model):
             return
         self.record.flush()
         self.record.add_snapshot(step, self.weights)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Flush the record and save a checkpoint of this step (what a clean stop between snapshots does too)."""
+        if self.record is None:
+            return
         self.record.flush()
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
 
     # --- checkpoints -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit-identically."""
+        """Everything a resumed run needs to continue bit-identically, as tensors, numbers and strings only (what
+        `torch.load(weights_only=True)` reads), with the run's identity: seed, run id, config digest, record rows."""
+        version, mt_state, gauss = self.random.getstate()
+        config = self.config.to_dict()
         return {
+            "format": CHECKPOINT_FORMAT,
             "step": self.steps,
-            "config": self.config.to_dict(),
+            "seed": self.config.seed,
+            "run_id": self.run_id,
+            "config": config,
+            "config_digest": config_digest(config),
             "weights": self.weights.detach().cpu().clone(),
             "task_momentum": self.task_momentum.cpu().clone(),
             "sr_momentum": self.sr_momentum.cpu().clone(),
             "generator": self.generator.get_state(),
-            "python_random": self.random.getstate(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "sr_active": self.sr_active,
+            "python_random": torch.tensor([version, *mt_state], dtype=torch.int64),  # [626]
+            "python_random_gauss": gauss,
+            "numpy_rng": _pack_pcg64(self.rng.bit_generator.state),  # [37] uint8
+            "sr_active": bool(self.sr_active),
+            "event_counts": self.event_counts.cpu().clone(),
             "metric_sum": float(self._metric_sum),
             "metric_count": self._metric_count,
             "gate_sum": float(self._gate_sum),
@@ -350,19 +394,31 @@ class ParticleModel(mesa.Model):
 
     def _load(self, path: Path) -> dict[str, int]:
         state = load_checkpoint(path)
-        with torch.no_grad():
-            self.weights.copy_(state["weights"].to(self.device, self.dtype))
-        self.task_momentum.copy_(state["task_momentum"].to(self.device, self.dtype))
-        self.sr_momentum.copy_(state["sr_momentum"].to(self.device, self.dtype))
-        self.generator.set_state(state["generator"])
-        self.random.setstate(state["python_random"])
-        self.rng.bit_generator.state = state["numpy_rng"]
+        if tuple(state["weights"].shape) != tuple(self.weights.shape):
+            raise RecordError(
+                f"checkpoint {str(path)!r} holds a bank of shape {tuple(state['weights'].shape)}, the config makes "
+                f"{tuple(self.weights.shape)}"
+            )
+        try:
+            with torch.no_grad():
+                self.weights.copy_(state["weights"].to(self.device, self.dtype))
+            self.task_momentum.copy_(state["task_momentum"].to(self.device, self.dtype))
+            self.sr_momentum.copy_(state["sr_momentum"].to(self.device, self.dtype))
+            self.generator.set_state(state["generator"])
+            mt = state["python_random"].tolist()
+            self.random.setstate((mt[0], tuple(mt[1:]), state["python_random_gauss"]))
+            self.rng.bit_generator.state = _unpack_pcg64(state["numpy_rng"])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise RecordError(f"checkpoint {str(path)!r} holds unusable state ({exc})") from None
         self.sr_active = state["sr_active"]
+        if "event_counts" in state:  # checkpoints written before the counts were kept
+            self.event_counts.copy_(state["event_counts"].to(self.device))
         self._metric_sum.fill_(state["metric_sum"])
         self._metric_count = state["metric_count"]
         self._gate_sum.fill_(state["gate_sum"])
         self._gate_count = state["gate_count"]
         self.steps = state["step"]
+        self.run_id = state["run_id"]
         return state["record_rows"]
 
     def _record_attrs(self) -> dict[str, Any]:
@@ -377,6 +433,7 @@ class ParticleModel(mesa.Model):
             "mode": self.mode,
             "device": str(self.device),
             "checkpoint": CHECKPOINT_NAME,
+            "run_id": self.run_id,
             **self._extra_attrs(),
         }
 
@@ -432,19 +489,30 @@ class OrganismModel(ParticleModel):
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.task.sample_batch(self.config.task.batch_size, self.generator)
-        output = self.organism.forward(self.weights, x)
-        loss = self.task.loss(output, y)
-        (grad,) = torch.autograd.grad(loss, self.weights)
-        self._sgd(grad, self.task_momentum, self.config.train.lr)
-        return loss.detach(), self.task.metric(output.detach(), y)
+        train = self.config.train
+        loss, output = sgd_step_(
+            self.organism, self.weights, self.task_momentum, x, lambda out: self.task.loss(out, y), train.lr,
+            train.momentum,
+        )  # fmt: skip
+        return loss, self.task.metric(output, y)
 
     @torch.no_grad()
     def held_out_metric(self, weights: torch.Tensor | None = None) -> float:
         weights = self.weights.detach() if weights is None else weights
-        return float(self.task.metric(self.organism.forward(weights, self.task.test_x), self.task.test_y))
+        if isinstance(self.organism, Organism) and uses_kernels(weights, self.spec):
+            output = self.organism.forward_effective(kernel_effective_weights(weights, self.spec), self.task.test_x)
+        else:
+            output = self.organism.forward(weights, self.task.test_x)
+        return float(self.task.metric(output, self.task.test_y))
 
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)
+        edges = particle_graph_size(self.sizes, self.config.events.neighbourhood)
+        if self._graph is None and edges > RECORD_EDGES_LIMIT:
+            # nothing needs the graph yet (no events, no agents asked for): the record leaves its edges out rather
+            # than build a line graph of this size
+            return {"layer": table.layer, "source": table.source, "target": table.target,
+                    "edges": np.zeros((0, 2), dtype=np.int64)}  # fmt: skip
         topology = super()._topology()
         topology.update(layer=table.layer, source=table.source, target=table.target)
         return topology

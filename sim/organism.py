@@ -8,10 +8,19 @@ batched product for all `a` followed by ordinary matmuls; the general path evalu
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
-from sim.particles import ACTIVATIONS, ParticleSpec, effective_weights, unpack
+from sim.particles import (
+    ACTIVATIONS,
+    ParticleSpec,
+    effective_weights,
+    kernel_effective_weights,
+    task_sgd_,
+    unpack,
+    uses_kernels,
+)
 
 
 def skipped_pairs(depth: int) -> list[int]:
@@ -69,9 +78,24 @@ class Organism:
         if path == "fast" and not self.spec.linear:
             raise ValueError("the fast path needs linear particles (particle.activation = 'none')")
         if path == "fast":
-            # one split, not a slice per layer: autograd then joins the layers' gradients with a single cat
-            counts = [end - start for start, end in itertools.pairwise(self.offsets)]
-            effective = effective_weights(weights, self.spec).split(counts)  # [P_l] per layer
+            return self.forward_effective(effective_weights(weights, self.spec), x, layer_inputs)
+
+        def general(layer: int, x: torch.Tensor) -> torch.Tensor:
+            return self._general_layer(weights[self.layer_slice(layer)], x, self.sizes[layer], self.sizes[layer + 1])
+
+        return self._layers(general, x, layer_inputs)
+
+    def forward_effective(
+        self, effective: torch.Tensor, x: torch.Tensor, layer_inputs: list | None = None
+    ) -> torch.Tensor:
+        """The fast path from the effective weights `[P]` of linear particles: ordinary matmuls, `[B, d_out]`."""
+        # one split, not a slice per layer: autograd then joins the layers' gradients with a single cat
+        counts = [end - start for start, end in itertools.pairwise(self.offsets)]
+        matrices = [a.view(n_out, n_in) for a, n_in, n_out in zip(effective.split(counts), self.sizes, self.sizes[1:])]
+        return self._layers(lambda layer, x: x @ matrices[layer].T, x, layer_inputs)
+
+    def _layers(self, layer_fn: Callable, x: torch.Tensor, layer_inputs: list | None) -> torch.Tensor:
+        """`layer_fn(layer, x)` layer after layer, with the residual skips and activations between them."""
         act = ACTIVATIONS[self.activation]
         skip = None
         pairs = skipped_pairs(self.depth)
@@ -81,11 +105,7 @@ class Organism:
             # the reference adds a skip around every pair of middle layers
             if self.residual and layer in pairs:
                 skip = x
-            n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
-            if path == "fast":
-                x = x @ effective[layer].view(n_out, n_in).T
-            else:
-                x = self._general_layer(weights[self.layer_slice(layer)], x, n_in, n_out)
+            x = layer_fn(layer, x)
             if skip is not None and layer - 1 in pairs:
                 x = x + skip
                 skip = None
@@ -106,3 +126,39 @@ class Organism:
             hidden = act(hidden)
         carried = (hidden @ W3.transpose(1, 2)).squeeze(-1)  # [P_l, B]
         return carried.view(n_out, n_in, -1).sum(dim=1).T  # [B, n_out]
+
+
+def sgd_step_(
+    network,
+    weights: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    x: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    lr: float,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task SGD-with-momentum step (torch.optim.SGD's) of `network` (an `Organism`, or any network with
+    `forward(weights, x)`) on its bank `weights` and momentum buffer, in place: the output for `x`, `loss_fn(output)`,
+    its gradient, the update. Returns (loss, output), detached.
+
+    An organism of linear particles on the CPU runs autograd only through the dense network of effective weights; the
+    gradient dL/da then reaches W1, W2, W3 in closed form, fused with the update in one pass over the bank
+    (sim.kernels). Otherwise autograd runs through the whole forward.
+    """
+    bank = weights.detach()
+    if isinstance(network, Organism) and uses_kernels(bank, network.spec):
+        effective = kernel_effective_weights(bank, network.spec).requires_grad_(True)  # [P]
+        output = network.forward_effective(effective, x)
+        loss = loss_fn(output)
+        (upstream,) = torch.autograd.grad(loss, effective)
+        task_sgd_(bank, momentum_buffer, upstream, network.spec, lr, momentum)
+        return loss.detach(), output.detach()
+    with torch.enable_grad():
+        leaf = weights if weights.requires_grad else bank.requires_grad_(True)
+        output = network.forward(leaf, x)
+        loss = loss_fn(output)
+        (grad,) = torch.autograd.grad(loss, leaf)
+    with torch.no_grad():
+        momentum_buffer.mul_(momentum).add_(grad)
+        bank.sub_(momentum_buffer, alpha=lr)
+    return loss.detach(), output.detach()

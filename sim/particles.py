@@ -17,6 +17,8 @@ from functools import cache
 import numpy as np
 import torch
 
+from sim import kernels
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -50,11 +52,13 @@ DRAW_ORDER = tuple(kind.name for kind in sorted(KINDS, key=lambda kind: kind.lay
 MIN_WEIGHT_INTERFACE = 4  # the coordinate row holds the weight, its layer, row and column
 KIND_EPS = 1e-5  # absolute tolerance of the fixpoint tests (docs/science.md §2)
 POSITION_EPS = 1e-8  # keeps the position normalisation away from a division by zero
-# On the CPU, `sr_train_` runs all its steps on one block of this many particles before the next, so that a block's
-# arrays stay in cache (the steps are memory-bound otherwise), and on NumPy views of the block: NumPy's per-operation
-# overhead is a third of torch's, and a small bank's step is nothing but overhead. A GPU takes the whole bank in torch.
+# How linear banks train and classify on the CPU: "numba" (the compiled kernels of sim.kernels: all n_sr steps of a
+# small block fused, in registers and L1), or the vectorised reference formulation on "numpy" views or "torch" tensors
+# (what a GPU runs). The reference runs all its steps on one block of SR_CHUNK particles before the next, so that a
+# block's arrays stay in cache; NumPy's per-operation overhead is a third of torch's.
+CPU_BACKENDS = ("numba", "numpy", "torch")
+CPU_ARRAYS = "numba"
 SR_CHUNK = 4096
-CPU_ARRAYS = "numpy"
 
 ACTIVATIONS = {
     "none": None,
@@ -230,8 +234,15 @@ def sr_train_(
         return sr_loss(weights, spec).mean()
     P = weights.shape[0]
     pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
-    gram = pos @ pos.T  # [3, 3]
     cpu = weights.device.type == "cpu"
+    scale = 2.0 * alpha / spec.n_weights
+    if cpu and CPU_ARRAYS == "numba":
+        first = kernels.sr_steps_(
+            weights.detach().numpy(), momentum_buffer.numpy(), spec.weight_interface, spec.hidden, pos.numpy(),
+            n_steps, lr, momentum, scale,
+        )  # fmt: skip
+        return torch.as_tensor(first, dtype=weights.dtype)
+    gram = pos @ pos.T  # [3, 3]
     chunk = SR_CHUNK if cpu else max(P, 1)
     numpy = cpu and CPU_ARRAYS == "numpy"
     total = 0.0
@@ -244,7 +255,7 @@ def sr_train_(
             arrays = tuple(x.numpy() for x in arrays)  # views of the same memory
         # divergent particles (a kind of their own) overflow to inf and NaN, silently as in torch
         with np.errstate(over="ignore", invalid="ignore"):
-            first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, 2.0 * alpha / spec.n_weights)
+            first = _linear_sr_steps(*arrays, spec, n_steps, lr, momentum, scale)
         total = total + first * w.shape[1]
         weights[rows] = w.T
         momentum_buffer[rows] = buf.T
@@ -383,6 +394,46 @@ def effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor
     unit = weights.new_zeros(weights.shape[0], 1, spec.weight_interface)
     unit[..., -1] = 1.0
     return apply(weights, unit, spec).squeeze(1)
+
+
+def uses_kernels(weights: torch.Tensor, spec: ParticleSpec) -> bool:
+    """Whether this bank trains and classifies in the compiled kernels: linear particles on the CPU, the "numba"
+    backend."""
+    return spec.linear and weights.device.type == "cpu" and CPU_ARRAYS == "numba"
+
+
+def kernel_effective_weights(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """`effective_weights` of a linear CPU bank through the compiled kernel (no autograd), `[P]`."""
+    return torch.from_numpy(kernels.effective_weights(weights.detach().numpy(), spec.weight_interface, spec.hidden))
+
+
+@torch.no_grad()
+def task_sgd_(
+    weights: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    upstream: torch.Tensor,
+    spec: ParticleSpec,
+    lr: float,
+    momentum: float,
+) -> None:
+    """One SGD-with-momentum step (torch.optim.SGD's) on a task loss of a linear CPU bank, in place, given the loss's
+    gradient `upstream [P]` with respect to the effective weights: the chain rule into W1, W2, W3 in closed form
+    (`a = sum_b t_b W1[b, k-1]`, `t = W3 W2`), in the compiled kernel."""
+    kernels.task_sgd_(
+        weights.detach().numpy(), momentum_buffer.numpy(), upstream.detach().contiguous().numpy(),
+        spec.weight_interface, spec.hidden, lr, momentum,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def log_quantities(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`classify`, `sr_loss` and `effective_weights` of a linear CPU bank in one pass of the compiled kernel: int8,
+    float and float `[P]` (the SR loss as the mean squared self-application residual)."""
+    pos = positions(spec, dtype=weights.dtype).T.contiguous()  # [3, n]
+    kind, loss, effective = kernels.log_quantities(
+        weights.detach().numpy(), spec.weight_interface, spec.hidden, pos.numpy(), KIND_EPS
+    )
+    return torch.from_numpy(kind), torch.from_numpy(loss), torch.from_numpy(effective)
 
 
 @torch.no_grad()

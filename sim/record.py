@@ -13,17 +13,30 @@ Layout (schema 1; README documents it):
 - `/topology/{layer, source, target}` per particle (-1 for soups); `/topology/edges [E, 2]` the particle graph.
 - `/events/{step, kind, source, target}`: every population event.
 
-Rows are buffered on the device and written at every log interval, then the file is flushed; the file is in HDF5 SWMR
-mode, so another process can read it while the run writes, and a killed run leaves every flushed row readable.
-Readers take the shortest dataset of a group as its length, so a kill in the middle of a flush stays consistent.
+- `/rows [4]`: the committed row count of `steps`, `particles`, `snapshots`, `events` (names in its `groups`
+  attribute), written after the rows themselves have reached the file.
+
+Rows are buffered on the device and written at every log interval, then the file is flushed, then `/rows` is updated
+and the file flushed again; the file is in HDF5 SWMR mode, so another process can read it while the run writes, and a
+killed run (or a flush that failed on a full disk) leaves every committed row readable. Readers take the committed
+count (and the shortest dataset of a group) as its length, so a kill or a failed write in the middle of a flush never
+shows rows that were not written.
+
+Checkpoints hold tensors, numbers and strings only (read with `torch.load(weights_only=True)`: nothing in a run
+directory can run code), with a digest of their contents.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
+import pickle
+import re
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +55,32 @@ EVENT_FIELDS = ("step", "kind", "source", "target")
 GROUPS = ("steps", "particles", "snapshots", "events")  # the groups that grow, a row at a time
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+CHECKPOINT_FORMAT = 2
+# a SWMR reader retries a metadata read whose checksum fails (the writer may be half way through a write); HDF5's
+# default of 100 attempts with growing sleeps makes a damaged file look like a hang, so readers try this many times
+METADATA_READ_ATTEMPTS = 5
+
+
 class RecordError(Exception):
     """A run directory or record that cannot be read; the message says what and where."""
+
+
+class RecordWriteError(RecordError):
+    """The record or checkpoint could not be written (full disk, unwritable place); the message names path and cause."""
+
+
+def os_cause(exc: BaseException) -> str:
+    """The operating system's reason in an OSError or an HDF5 error message (`No space left on device`), else its
+    first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    match = re.search(r"error message = '([^']+)'", text)
+    if match:
+        return match.group(1)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def package_versions() -> dict[str, str]:
@@ -116,15 +153,21 @@ class RecordWriter:
         resume_rows: dict[str, int] | None = None,
     ) -> None:
         self.path = Path(path)
-        if resume_rows is None:
-            self.file = h5py.File(self.path, "w", libver="latest")
-            self._create(attrs, n_particles, n_weights, topology)
-        else:
-            _rewrite_truncated(self.path, resume_rows)
-            self.file = h5py.File(self.path, "r+", libver="latest")
-        self.file.swmr_mode = True
+        self.broken = False  # a write failed: nothing more is written (the committed rows stay as they are)
+        try:
+            if resume_rows is None:
+                self.file = h5py.File(self.path, "w-", libver="latest")  # never over another run's record
+                self._create(attrs, n_particles, n_weights, topology)
+            else:
+                _rewrite_truncated(self.path, resume_rows)
+                self.file = h5py.File(self.path, "r+", libver="latest")
+            self.file.flush()
+            self.file.swmr_mode = True
+        except (OSError, RuntimeError) as exc:
+            raise RecordWriteError(f"cannot write the record {str(self.path)!r}: {os_cause(exc)}") from None
         # dataset handles, looked up once: an h5py lookup by path costs more than a small append
         self.datasets = {f"{g}/{name}": d for g in GROUPS for name, d in self.file[g].items()}
+        self.committed = self.file[ROWS_NAME]
         self._steps: list[tuple] = []
         self._particles: list[tuple] = []
         self._events: list[tuple[int, torch.Tensor]] = []
@@ -159,6 +202,7 @@ class RecordWriter:
         topo = f.create_group("topology")
         for name, values in topology.items():
             topo.create_dataset(name, data=values, compression="gzip", compression_opts=1)
+        _create_rows(f, dict.fromkeys(GROUPS, 0))
 
     def add_step(self, step: int, task_loss: torch.Tensor, sr_loss: torch.Tensor, metric: torch.Tensor,
                  sr_active: bool, wall_time: float) -> None:  # fmt: skip
@@ -177,15 +221,43 @@ class RecordWriter:
             self._events.append((step, rows))
 
     def add_snapshot(self, step: int, weights: torch.Tensor) -> None:
-        """Write the whole bank `[P, n]` as one snapshot row (written at once: snapshots are rare and large)."""
-        _append(self.datasets["snapshots/weights"], weights.detach().float().cpu().numpy()[None])
-        _append(self.datasets["snapshots/step"], np.array([step]))
+        """Write the whole bank `[P, n]` as one snapshot row (written at once: snapshots are rare and large), committed
+        with the next flush."""
+        with self._writing():
+            _append(self.datasets["snapshots/weights"], weights.detach().float().cpu().numpy()[None])
+            _append(self.datasets["snapshots/step"], np.array([step]))
+
+    def _writing(self) -> Any:
+        """A context in which an HDF5 write error becomes RecordWriteError (path and cause) and stops all writing."""
+        writer = self
+
+        class Guard:
+            def __enter__(self) -> None:
+                if writer.broken:
+                    raise RecordWriteError(f"the record {str(writer.path)!r} could not be written earlier")
+
+            def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+                if isinstance(exc, OSError | RuntimeError):
+                    writer.broken = True
+                    raise RecordWriteError(f"cannot write the record {str(writer.path)!r}: {os_cause(exc)}") from None
+                return False
+
+        return Guard()
 
     def flush(self, every: float = 0.0) -> None:
-        """Write every buffered row and flush the file, so a reader (or a killed run) sees them; with `every`, only
-        when at least that many seconds have passed since the last flush (an HDF5 flush costs milliseconds)."""
+        """Write every buffered row and flush the file, then commit the new row counts (`/rows`) and flush again, so
+        a reader (or a killed run) sees them and a failed write never shows rows that are not there; with `every`,
+        only when at least that many seconds have passed since the last flush (an HDF5 flush costs milliseconds)."""
         if time.monotonic() - self._flushed < every:
             return
+        with self._writing():
+            self._write_buffered()
+            self.file.flush()
+            self.committed[...] = [_dataset_length(self.file, g) for g in GROUPS]
+            self.file.flush()
+        self._flushed = time.monotonic()
+
+    def _write_buffered(self) -> None:
         if self._steps:
             columns = list(zip(*self._steps))
             tensors = torch.stack([torch.stack([torch.as_tensor(v).double() for v in col]) for col in columns[1:4]])
@@ -209,85 +281,315 @@ class RecordWriter:
             for name, column in zip(EVENT_FIELDS, (steps, rows[:, 0], rows[:, 1], rows[:, 2])):
                 _append(self.datasets[f"events/{name}"], column.astype(np.int64))
             self._events.clear()
-        self.file.flush()
-        self._flushed = time.monotonic()
 
     def rows(self) -> dict[str, int]:
         """Committed row count of every growing group (what a checkpoint needs to truncate on resume)."""
         return {name: group_length(self.file, name) for name in GROUPS}
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.flush()
-            self.file.close()
+        """Flush and close; after a failed write, close without writing more (RecordWriteError from the flush)."""
+        if not self.file.id.valid:
+            return
+        try:
+            if not self.broken:
+                self.flush()
+        finally:
+            try:
+                self.file.close()
+            except (OSError, RuntimeError):
+                self.broken = True
+
+
+ROWS_NAME = "rows"
+
+
+def _create_rows(f: h5py.File, rows: dict[str, int]) -> None:
+    dataset = f.create_dataset(ROWS_NAME, data=np.array([rows[g] for g in GROUPS], dtype=np.int64))
+    dataset.attrs["groups"] = np.array(GROUPS, dtype=h5py.string_dtype())
+
+
+def _dataset_length(f: h5py.File, group: str) -> int:
+    return min((d.shape[0] for d in f[group].values()), default=0)
 
 
 def _rewrite_truncated(path: Path, rows: dict[str, int]) -> None:
     """Copy a record into a fresh file with each growing group cut to `rows`, then replace it.
 
     A killed SWMR writer leaves the file marked "open for write": it still reads with `swmr=True`, but HDF5 will not
-    reopen it for writing, so a resumed run continues in a clean copy.
+    reopen it for writing, so a resumed run continues in a clean copy. A failed copy leaves the record as it was.
     """
     tmp = path.with_suffix(".resume.h5")
-    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
-        for name in src:
-            src.copy(src[name], dst, name=name)
-        for group, count in rows.items():
-            for dataset in dst[group].values():
-                dataset.resize(min(count, dataset.shape[0]), axis=0)
-    os.replace(tmp, path)
+    try:
+        with open_hdf5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in src:
+                if name != ROWS_NAME:
+                    src.copy(src[name], dst, name=name)
+            for group, count in rows.items():
+                for dataset in dst[group].values():
+                    dataset.resize(min(count, dataset.shape[0]), axis=0)
+            _create_rows(dst, {g: _dataset_length(dst, g) for g in GROUPS})
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise RecordWriteError(f"cannot rewrite the record {str(path)!r} to resume it: {os_cause(exc)}") from None
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------------
+# what a checkpoint holds besides its digest: key -> accepted types (torch.Tensor for tensors)
+CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
+    "format": (int,), "step": (int,), "seed": (int,), "run_id": (str,), "config": (dict,), "config_digest": (str,),
+    "weights": (torch.Tensor,), "task_momentum": (torch.Tensor,), "sr_momentum": (torch.Tensor,),
+    "generator": (torch.Tensor,), "python_random": (torch.Tensor,), "python_random_gauss": (float, type(None)),
+    "numpy_rng": (torch.Tensor,), "sr_active": (bool,), "metric_sum": (float,), "metric_count": (int,),
+    "record_rows": (dict,),
+}  # fmt: skip
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of a config's `to_dict()` form (canonical JSON), which binds a checkpoint to its run's config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of everything in a checkpoint but its digest: tensors by dtype, shape and bytes, the rest as JSON."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k != "digest"):
+        value = state[key]
+        h.update(key.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(json.dumps(value, sort_keys=True).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a kill during the write leaves the previous one intact."""
+    """Write a checkpoint with its digest atomically (a temporary file, synced, then renamed): a kill, a signal or a
+    full disk during the write leaves the previous one intact. RecordWriteError names the path and the cause."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    state = {**state, "digest": state_digest(state)}
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise RecordWriteError(f"cannot write the checkpoint {str(path)!r}: {os_cause(exc)}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (on the CPU)."""
+    """Read and check a checkpoint written by `save_checkpoint` (on the CPU): tensors, numbers and strings only, the
+    keys and types it must hold, its digest. RecordError (one line naming the file and what is wrong) otherwise."""
+    path = Path(path)
+    where = f"checkpoint {str(path)!r}"
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise RecordError(f"cannot read checkpoint {str(path)!r}: {exc}") from None
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise RecordError(f"cannot read {where}: {os_cause(exc)}") from None
+    if head != b"PK\x03\x04":
+        raise RecordError(f"{where} is not a checkpoint (not a torch zip archive)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise RecordError(f"{where} holds objects other than tensors, numbers and strings: refused") from None
+        raise RecordError(f"{where} is damaged ({os_cause(exc)})") from None
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, MemoryError) as exc:
+        raise RecordError(f"{where} is damaged ({type(exc).__name__}: {os_cause(exc)})") from None
+    if not isinstance(state, dict):
+        raise RecordError(f"{where} is damaged (it holds a {type(state).__name__}, not a mapping)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise RecordError(
+            f"{where} has format {state.get('format')!r}, not {CHECKPOINT_FORMAT} (written by another version)"
+        )
+    for key, kinds in CHECKPOINT_KEYS.items():
+        if key not in state:
+            raise RecordError(f"{where} is damaged (no {key!r})")
+        value = state[key]
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise RecordError(f"{where} is damaged ({key!r} is a {type(value).__name__})")
+    if not isinstance(state.get("digest"), str) or state["digest"] != state_digest(state):
+        raise RecordError(f"{where} fails its digest: its contents were changed or damaged")
+    if state["config_digest"] != config_digest(state["config"]):
+        raise RecordError(f"{where} fails its digest: its config does not match the config digest")
+    return state
+
+
+# --- reading ----------------------------------------------------------------------------------------------------------
+def resolve_inside(run_dir: str | Path, name: str) -> Path:
+    """`run_dir / name` with symlinks and `..` resolved; RecordError unless it stays inside the run directory (a
+    record's attribute may not point at another run's files)."""
+    root = Path(run_dir).resolve()
+    path = (root / str(name)).resolve()
+    if not path.is_relative_to(root):
+        raise RecordError(f"{str(run_dir)!r}: the record points outside its run directory ({str(name)!r})")
+    return path
+
+
+def _hdf5_library() -> Any:
+    """The HDF5 library h5py runs on (ctypes), or None where it cannot be found."""
+    global _HDF5
+    if _HDF5 is False:
+        _HDF5 = None
+        try:
+            with open("/proc/self/maps") as maps:
+                names = {line.split()[-1] for line in maps if "libhdf5" in line and "hl" not in line.split("/")[-1]}
+            for name in names:
+                lib = ctypes.CDLL(name)
+                if hasattr(lib, "H5Pset_metadata_read_attempts"):
+                    _HDF5 = lib
+                    break
+        except OSError:
+            _HDF5 = None
+    return _HDF5
+
+
+_HDF5: Any = False
+
+
+def check_hdf5_file(path: Path) -> None:
+    """RecordError unless `path` is a non-empty file that starts with an HDF5 superblock of a known version.
+
+    (The superblock's end-of-file address may lie past the file's end in a record whose disk filled up, which still
+    reads; a truncated or damaged file is caught when it is opened, in milliseconds: see `open_hdf5`.)
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(48)
+    except OSError as exc:
+        raise RecordError(f"cannot read {str(path)!r}: {os_cause(exc)}") from None
+    if size == 0:
+        raise RecordError(f"{str(path)!r} is empty (0 bytes), not an HDF5 record")
+    if not head.startswith(HDF5_SIGNATURE):
+        raise RecordError(f"{str(path)!r} is not an HDF5 file (no HDF5 signature at its start)")
+    version = head[8] if len(head) > 8 else -1
+    if version not in (0, 1, 2, 3) or (version in (2, 3) and (len(head) < 48 or head[9] != 8)):
+        raise RecordError(f"{str(path)!r} is a damaged HDF5 file (its superblock is truncated or unreadable)")
+
+
+def open_hdf5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file read-only (in SWMR mode where it may be written to), after `check_hdf5_file`, with few
+    metadata read attempts so that a damaged file fails in milliseconds instead of blocking."""
+    path = Path(path)
+    check_hdf5_file(path)
+    lib = _hdf5_library()
+    errors: list[str] = []
+    for flags in (h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, h5py.h5f.ACC_RDONLY):
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        if lib is not None:
+            lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(METADATA_READ_ATTEMPTS))
+        try:
+            return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
+        except (OSError, RuntimeError, ValueError) as exc:
+            errors.append(os_cause(exc))
+    raise RecordError(f"{str(path)!r} is not a readable HDF5 record ({errors[-1]})")
 
 
 def open_record(run_dir: str | Path) -> h5py.File:
-    """Open a run directory's `run.h5` for reading (also while it is being written); RecordError if it is not one."""
+    """Open a run directory's `run.h5` for reading (also while it is being written), checked by `validate_record`;
+    RecordError (one line naming the file and what is wrong) if it is not a sound record."""
     run_dir = Path(run_dir)
     path = run_dir / RECORD_NAME if run_dir.is_dir() else run_dir
     if not path.is_file():
         raise RecordError(f"{str(run_dir)!r} is not a run directory (no {RECORD_NAME})")
+    f = open_hdf5(path)
     try:
-        f = h5py.File(path, "r", swmr=True)
-    except OSError:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise RecordError(f"{str(path)!r} is not a readable HDF5 record ({exc})") from None
-    version = f.attrs.get("schema_version")
-    if version is None or "steps" not in f:
+        validate_record(f, path)
+    except BaseException:
         f.close()
-        raise RecordError(f"{str(path)!r} is not an organism-networks record (no schema_version or /steps)")
-    if int(version) > SCHEMA_VERSION:
-        f.close()
-        raise RecordError(f"{str(path)!r} has record schema {int(version)}, newer than this toolkit's {SCHEMA_VERSION}")
+        raise
     return f
 
 
+# every dataset a record holds, by group: name -> number of dimensions
+RECORD_DATASETS = {
+    "steps": dict.fromkeys(STEP_FIELDS, 1),
+    "particles": {"step": 1, "held_out_metric": 1, "kind_counts": 2, "kind": 2, "sr_loss": 2, "effective_weight": 2},
+    "snapshots": {"step": 1, "weights": 3},
+    "events": dict.fromkeys(EVENT_FIELDS, 1),
+    "topology": {"layer": 1, "source": 1, "target": 1, "edges": 2},
+}
+
+
+def validate_record(f: h5py.File, path: str | Path) -> None:
+    """RecordError unless `f` is an organism-networks record of a known schema whose structure holds together: the
+    attributes it needs, every group and dataset with its dimensions, one particle count throughout (reads no rows)."""
+    where = str(path)
+    try:
+        version = f.attrs.get("schema_version")
+        if version is None or "steps" not in f:
+            raise RecordError(f"{where!r} is not an organism-networks record (no schema_version or /steps)")
+        if not isinstance(version, int | np.integer) or isinstance(version, bool | np.bool_):
+            raise RecordError(f"{where!r} is a damaged record (schema_version is {version!r}, not an integer)")
+        if int(version) > SCHEMA_VERSION:
+            raise RecordError(f"{where!r} has record schema {int(version)}, newer than this toolkit's {SCHEMA_VERSION}")
+        for key in ("config", "layer_sizes"):
+            value = f.attrs.get(key)
+            try:
+                decoded = json.loads(value) if isinstance(value, str | bytes) else None
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict if key == "config" else list):
+                raise RecordError(f"{where!r} is a damaged record (attribute {key!r} is not valid JSON)")
+        for group, datasets in RECORD_DATASETS.items():
+            if not isinstance(f.get(group), h5py.Group):
+                raise RecordError(f"{where!r} is a damaged record (no group /{group})")
+            for name, ndim in datasets.items():
+                d = f[group].get(name)
+                if not isinstance(d, h5py.Dataset) or d.ndim != ndim:
+                    raise RecordError(f"{where!r} is a damaged record (/{group}/{name} missing or misshapen)")
+        n = f["topology/layer"].shape[0]
+        for name in ("particles/kind", "particles/sr_loss", "particles/effective_weight", "snapshots/weights"):
+            if f[name].shape[1] != n:
+                raise RecordError(f"{where!r} is a damaged record ({name} has {f[name].shape[1]} particles, "
+                                  f"/topology {n})")  # fmt: skip
+        sizes = json.loads(f.attrs["layer_sizes"])
+        if sizes and (not all(isinstance(s, int) and s > 0 for s in sizes)
+                      or sum(a * b for a, b in zip(sizes, sizes[1:])) != n):  # fmt: skip
+            raise RecordError(f"{where!r} is a damaged record (layer_sizes {sizes} do not make its {n} particles)")
+        names = f.attrs.get("kind_names")
+        if names is None or f["particles/kind_counts"].shape[1] != len(names):
+            raise RecordError(f"{where!r} is a damaged record (kind_names and /particles/kind_counts disagree)")
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise RecordError(f"{where!r} is a damaged record ({os_cause(exc)})") from None
+
+
+def _committed(f: h5py.File, group: str) -> int | None:
+    rows = f.get(ROWS_NAME)
+    if not isinstance(rows, h5py.Dataset):
+        return None  # a record written before the committed counts
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in rows.attrs.get("groups", [])]
+    return int(rows[names.index(group)]) if group in names else None
+
+
 def group_length(f: h5py.File, group: str) -> int:
-    """Rows of a group that every one of its datasets holds (a kill mid-flush can leave some longer)."""
-    return min((d.shape[0] for d in f[group].values()), default=0)
+    """Rows of a group that are committed and that every one of its datasets holds (a kill or a failed write
+    mid-flush can leave some longer)."""
+    length = _dataset_length(f, group)
+    committed = _committed(f, group)
+    return length if committed is None else min(length, committed)
 
 
 def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
-    """Every dataset of a growing group, cut to the rows all of them hold."""
+    """Every dataset of a growing group, cut to the rows all of them hold; RecordError if one cannot be read."""
     n = group_length(f, group)
-    return {name: d[:n] for name, d in f[group].items()}
+    out = {}
+    for name, d in f[group].items():
+        try:
+            out[name] = d[:n]
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise RecordError(f"{f.filename!r}: cannot read /{group}/{name} ({os_cause(exc)})") from None
+    return out
 
 
 def read_attrs(f: h5py.File) -> dict[str, Any]:
@@ -297,7 +599,10 @@ def read_attrs(f: h5py.File) -> dict[str, Any]:
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
             out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
         elif key in ("config", "versions", "layer_sizes", "splits") and isinstance(value, str | bytes):
-            out[key] = json.loads(value)
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                raise RecordError(f"{f.filename!r}: attribute {key!r} is not valid JSON") from None
         elif isinstance(value, np.generic):
             out[key] = value.item()
         else:
@@ -312,8 +617,58 @@ def is_complete(run_dir: str | Path) -> bool:
             steps = read_attrs(f)["config"]["steps"]
             snapshot_steps = read_group(f, "snapshots")["step"]
             return group_length(f, "steps") == steps and len(snapshot_steps) > 0 and snapshot_steps[-1] == steps
-    except (RecordError, OSError, KeyError):
+    except (RecordError, OSError, KeyError, TypeError):
         return False
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """The first key (dotted) where two nested mappings differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {a!r} vs {b!r}"
+
+
+def check_resume(run_dir: str | Path, state: dict[str, Any], config_file: dict[str, Any] | None) -> str | None:
+    """RecordError unless the checkpoint `state` belongs to the record in `run_dir` (same run id, seed and config;
+    the record holds every row the checkpoint counts) and to its `config.yaml` (`config_file`, its mapping, when
+    there is one); returns a note on the steps the resume re-runs when the record holds rows past the checkpoint."""
+    run_dir = Path(run_dir)
+    with open_record(run_dir) as f:
+        attrs = read_attrs(f)
+        lengths = {group: group_length(f, group) for group in GROUPS}
+        recorded = read_group(f, "steps")["step"]  # reads every step row: a damaged one is found before resuming
+        read_group(f, "particles")
+        last_step = int(recorded[-1]) if len(recorded) else 0
+    where = f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r}"
+    if attrs.get("seed") != state["seed"]:
+        raise RecordError(f"{where} belongs to another run (seed {state['seed']}, the record's {attrs.get('seed')})")
+    if attrs.get("config") != state["config"]:
+        raise RecordError(
+            f"{where} and the record differ in config ({_first_difference(state['config'], attrs.get('config'))})"
+        )
+    if attrs.get("run_id") is not None and attrs["run_id"] != state["run_id"]:
+        raise RecordError(f"{where} belongs to another run (run id {state['run_id']}, the record's {attrs['run_id']})")
+    if config_file is not None and config_file != state["config"]:
+        difference = _first_difference(state["config"], config_file)
+        raise RecordError(
+            f"{str(run_dir / CONFIG_NAME)!r} was changed after the run started ({difference}, checkpoint vs file)"
+        )
+    rows = state["record_rows"]
+    for group in GROUPS:
+        want = rows.get(group)
+        if not isinstance(want, int) or want > lengths[group]:
+            raise RecordError(
+                f"{where} is newer than the record: it counts {want} /{group} rows, the record holds {lengths[group]}"
+            )
+    if lengths["steps"] > rows["steps"]:
+        step = state["step"]
+        return (
+            f"the record holds steps to {last_step}; resuming from the checkpoint at step {step} re-runs steps "
+            f"{step + 1}..{last_step}"
+        )
+    return None
 
 
 # --- tidy tables ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,27 @@ class Replay:
         spec = ParticleSpec(particle["weight_interface"], particle["hidden"], particle["activation"])
         kinds = classify(torch.from_numpy(weights), spec).numpy()
         return int(self.snapshot_steps[index]), weights, kinds
+
+
+RUNS_ENV = "ORGANISM_RUNS"  # the directories the page may replay from (os.pathsep-separated; default: runs/)
+
+
+def replay_roots() -> list[Path]:
+    """The directories replays may be read from: those `python -m sim.view` was started with (`--runs`, and the run
+    of `--replay`), else `runs/` of the working directory; symlinks resolved."""
+    named = [p for p in os.environ.get(RUNS_ENV, "").split(os.pathsep) if p]
+    return [Path(p).resolve() for p in (named or ["runs"])]
+
+
+def check_replay_path(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """`path` with symlinks and `..` resolved; RecordError unless it lies under one of the replay roots (the page
+    serves anyone who can reach it: it must not open any HDF5 file of the machine)."""
+    roots = replay_roots() if roots is None else roots
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise RecordError(f"{str(path)!r} is outside the runs directory this page serves ({allowed})")
+    return resolved
 
 
 def load_replay(path: str | Path) -> Replay:

@@ -6,14 +6,16 @@ Bad input ends with a one-line error on stderr and exit status 2, before anythin
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import hashlib
+import os
 import re
-import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from sim.cli import Parser, UsageError, error_exit, non_negative_int
+from sim.cli import Parser, UsageError, error_exit, non_negative_int, positive_int
 from sim.config import (
     DEVICES,
     MODES,
@@ -26,16 +28,30 @@ from sim.config import (
     describe_keys,
     from_dict,
     get_value,
+    load_file,
     parse_value,
     resolve,
     resolve_device,
 )
 from sim.particles import KIND_NAMES
-from sim.record import CHECKPOINT_NAME, RECORD_NAME, RecordError, load_checkpoint
+from sim.record import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    RECORD_NAME,
+    RecordError,
+    RecordWriteError,
+    check_resume,
+    load_checkpoint,
+)
+from sim.rundir import RunDir
 from sim.runner import build_model, config_yaml, simulate, write_config
+from sim.signals import StopOnSignal
 from sim.tasks import DataError
+from sim.threads import default_threads, set_threads
 
 NAME_CHARS = 60  # the most characters of --set keys in a default run directory name
+# exit status of a run stopped by a write that failed (full disk, unwritable place); bad input is 2
+WRITE_FAILED = 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int("--seed"), help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICES, help="auto picks a GPU when present")
     p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        help="CPU threads (default: 1 for small organisms, else the free cores)",
+    )
+    p.add_argument(
         "--out", help="run directory (default runs/<timestamp>-<task>-s<seed>[-<--set keys that differ>] or --name)"
     )
     p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
@@ -65,7 +86,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then --config, then the flags, then --set, in that order."""
     overrides = [
-        (key, getattr(args, key)) for key in ("mode", "steps", "seed", "device") if getattr(args, key) is not None
+        (key, getattr(args, key))
+        for key in ("mode", "steps", "seed", "device", "threads")
+        if getattr(args, key) is not None
     ]
     if args.task is not None:
         overrides.append(("task.name", args.task))
@@ -119,8 +142,8 @@ def check_name(name: str) -> str:
     return name
 
 
-def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
-    """Validated config and the run directory (checked, not yet written); whether the directory was created."""
+def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """Validated config and the run directory (checked, not yet written: `RunDir.claim` creates and locks it)."""
     config = config_from_args(args)
     resolve_device(config.device)
     if args.out and args.name:
@@ -129,14 +152,11 @@ def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     run_dir = Path(args.out) if args.out else default_run_dir(config, set_keys(args), name)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {str(run_dir)!r} is an existing file, not a directory")
-    if (run_dir / RECORD_NAME).exists():
-        raise UsageError(f"--out {str(run_dir)!r} already holds a run record (use --resume to continue it)")
-    created = not run_dir.exists()
-    return config, run_dir, created
+    return config, run_dir
 
 
-def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The recorded config of the run to resume, and its directory."""
+def prepare_resume(args: argparse.Namespace) -> Path:
+    """The run directory to resume, checked before it is locked (flags that cannot go with --resume)."""
     extra = [
         flag for flag in ("config", "mode", "task", "steps", "seed", "out", "name") if getattr(args, flag) is not None
     ]
@@ -146,50 +166,92 @@ def prepare_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     run_dir = Path(args.resume)
     if not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / RECORD_NAME).is_file():
         raise UsageError(f"--resume {str(run_dir)!r} holds no checkpoint and record to resume from")
+    return run_dir
+
+
+def resume_state(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict, str | None]:
+    """The recorded config of the run to resume, its checkpoint, and a note on steps it re-runs; RecordError (one
+    line) when the checkpoint, the record and `config.yaml` do not belong together. Reads only, under the lock."""
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    config = from_dict(state["config"])
+    config_path = run_dir / CONFIG_NAME
+    config_file = load_file(config_path) if config_path.is_file() else None
+    note = check_resume(run_dir, state, config_file)
+    return _recorded_config(args, run_dir, state), state, note
+
+
+def _recorded_config(args: argparse.Namespace, run_dir: Path, state: dict) -> Config:
+    try:
+        config = from_dict(state["config"])
+    except ConfigError as exc:
+        raise RecordError(f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r} holds an invalid config ({exc})") from None
     if args.device is not None:
         config.device = args.device
+    if args.threads is not None:
+        config.threads = args.threads
     resolve_device(config.device)
-    return config, run_dir
+    return config
+
+
+def resume_config(args: argparse.Namespace) -> Config:
+    """The config `--resume` would continue with (for --print-config: reads the checkpoint, writes nothing)."""
+    run_dir = prepare_resume(args)
+    return _recorded_config(args, run_dir, load_checkpoint(run_dir / CHECKPOINT_NAME))
 
 
 def main(argv: list[str] | None = None) -> int:
+    claim: RunDir | None = None
     try:
         args = parser().parse_args(argv)
         if args.print_config:
-            config = prepare_resume(args)[0] if args.resume else config_from_args(args)
+            config = resume_config(args) if args.resume else config_from_args(args)
             print(config_yaml(config), end="")
             return 0
-        created = False
         if args.resume:
-            config, run_dir = prepare_resume(args)
-            state_step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
-            if state_step >= config.steps:
-                print(f"run {run_dir} is already complete ({state_step} steps)")
+            run_dir = prepare_resume(args)
+            claim = RunDir.claim(run_dir, new=False)
+            config, state, note = resume_state(args, run_dir)
+            if state["step"] >= config.steps:
+                claim.release()
+                print(f"run {run_dir} is already complete ({state['step']} steps)")
                 return 0
+            if note:
+                print(f"sim.run: {note}", file=sys.stderr)
         else:
-            config, run_dir, created = prepare_new_run(args)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            model = build_model(config, run_dir, resume=bool(args.resume))
-        except BaseException:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-    except (UsageError, ConfigError, DataError, RecordError, ValueError) as exc:
+            config, run_dir = prepare_new_run(args)
+            claim = RunDir.claim(run_dir, new=True)
+        model = build_model(config, run_dir, resume=bool(args.resume))
+        if not args.resume:
+            write_config(config, run_dir)
+    except (UsageError, ConfigError, DataError, RecordError, ValueError, OSError, KeyboardInterrupt) as exc:
+        if claim is not None:
+            claim.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            print("sim.run: interrupted before the run started; nothing was written", file=sys.stderr)
+            return 130
+        if isinstance(exc, OSError):
+            exc = RecordWriteError(f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else str(exc))
         return error_exit("sim.run", exc)
-    if not args.resume:
-        write_config(config, run_dir)
+    set_threads(config.threads or default_threads(model.n_particles))
     try:
-        elapsed = simulate(model, args.quiet)
-    except KeyboardInterrupt:
-        model.close()
-        print(
-            f"\ninterrupted at step {model.steps}; resume with: python -m sim.run --resume {run_dir}", file=sys.stderr
-        )
-        return 130
-    model.close()
+        with StopOnSignal() as stop:
+            elapsed = simulate(model, args.quiet, stop)
+            if stop.signum:
+                model.checkpoint()
+                model.close()
+                claim.release()
+                print(
+                    f"{stop.name}: stopped at step {model.steps}; resume with: python -m sim.run --resume {run_dir}",
+                    file=sys.stderr,
+                )
+                return stop.exit_status
+            model.close()
+    except RecordWriteError as exc:
+        with contextlib.suppress(RecordWriteError):
+            model.close()  # the record stops at its last committed rows
+        claim.release()
+        print(f"sim.run: error: {exc}; the rows written before it and the last checkpoint are kept", file=sys.stderr)
+        return WRITE_FAILED
+    claim.release()
     done = model.steps
     summary = model.summary
     print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
@@ -197,9 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")
         print("kinds: " + ", ".join(f"{k}={summary['kind_counts'][k]}" for k in KIND_NAMES))
+        print(f"self-replicators at the end: {summary['kind_counts']['self_replicator']}")
+        print("events: " + ", ".join(f"{k}={v}" for k, v in summary["event_counts"].items()))
     print(f"run directory: {run_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == WRITE_FAILED:
+        # HDF5 cannot close a file whose writes failed (it retries them), and its exit-time cleanup would then crash
+        # the interpreter: what was committed is on disk, so leave without it
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

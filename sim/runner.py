@@ -15,14 +15,18 @@ from tqdm import tqdm
 
 from sim.config import Config
 from sim.dense import DenseModel
+from sim.memory import check_fits
 from sim.model import OrganismModel, ParticleModel
 from sim.particles import SHORT_KINDS
 from sim.record import CONFIG_NAME
+from sim.signals import StopOnSignal
 from sim.soup import SoupModel
 
 
 def build_model(config: Config, run_dir: Path, resume: bool) -> ParticleModel:
-    """The organism, soup or dense model of `config`, writing its record to `run_dir` (continuing it with `resume`)."""
+    """The organism, soup or dense model of `config`, writing its record to `run_dir` (continuing it with `resume`);
+    ConfigError, before anything is allocated, when it cannot fit the device's memory."""
+    check_fits(config)
     model_class = {"organism": OrganismModel, "dense": DenseModel, "soup": SoupModel}[config.mode]
     return model_class(config, run_dir=run_dir, resume=resume)
 
@@ -67,9 +71,10 @@ def progress_line(model: ParticleModel, rate: float) -> str:
     return "  ".join(parts)
 
 
-def simulate(model: ParticleModel, quiet: bool) -> float:
+def simulate(model: ParticleModel, quiet: bool, stop: StopOnSignal | None = None) -> float:
     """Step the model to the end of its config; returns the wall time. Unless `quiet`, progress goes to stderr: a bar
-    on a terminal, else (a log file, a pipe, a batch job) one line per log interval."""
+    on a terminal, else (a log file, a pipe, a batch job) one line per log interval. With `stop`, ends early after
+    the step during which a stop signal came."""
     total = model.config.steps
     every = model.config.record.log_every
     started = time.perf_counter()
@@ -77,7 +82,7 @@ def simulate(model: ParticleModel, quiet: bool) -> float:
     lines_shown = not quiet and not bar_shown
     mark, mark_step = started, model.steps
     with tqdm(total=total, initial=model.steps, disable=not bar_shown, unit="step", dynamic_ncols=True) as bar:
-        while model.steps < total:
+        while model.steps < total and not (stop is not None and stop.signum):
             model.step()
             bar.update(1)
             if model.steps % every == 0 or model.steps == total:

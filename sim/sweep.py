@@ -44,10 +44,14 @@ from sim.config import (
     resolve_device,
 )  # fmt: skip
 from sim.record import CHECKPOINT_NAME, CONFIG_NAME, RECORD_NAME, is_complete, load_checkpoint, open_record, read_attrs
+from sim.rundir import RunDir
 from sim.runner import build_model, simulate, write_config
+from sim.safeyaml import TextFileError, load_yaml, read_capped, short_repr
+from sim.threads import set_threads
 
 SWEEP_KEYS = ("config", "base", "grid", "points", "seeds")
 INDEX_NAME = "sweep.json"
+SEED_MAX = 2**64 - 1  # the config's seed range
 LOCK_NAME = ".sweep.lock"
 SCALARS = (type(None), bool, int, float, str)
 
@@ -143,12 +147,12 @@ def _flatten(base: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _seeds(value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise SweepError(f"seeds: a count must be >= 1, got {value!r}")
+        if not 1 <= value <= SEED_MAX:
+            raise SweepError(f"seeds: a count must be in 1..2**64-1, got {short_repr(value)}")
         return list(range(value))
     if isinstance(value, list) and value:
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-            raise SweepError(f"seeds: a list must hold non-negative integers, got {value!r}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in value):
+            raise SweepError(f"seeds: a list must hold integers in 0..2**64-1, got {short_repr(value)}")
         if len(set(value)) != len(value):
             raise SweepError(f"seeds: a list must not repeat a seed, got {value!r}")
         return value
@@ -159,10 +163,11 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; SweepError (or ConfigError for an invalid base config) says what is wrong."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    except yaml.YAMLError as exc:
+        data = load_yaml(read_capped(path, "sweep file"))
+    except TextFileError as exc:
+        message = str(exc)
+        raise SweepError(message if str(path) in message else f"sweep file {str(path)!r}: {message}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise SweepError(f"malformed sweep file {str(path)!r}: {str(exc).strip().splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SweepError(f"sweep file {str(path)!r} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
@@ -277,8 +282,8 @@ def _check_same_base(out: Path, base_config: dict[str, Any]) -> None:
     if not path.exists():
         return
     try:
-        old = json.loads(path.read_text())["base_config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        old = json.loads(read_capped(path, "sweep index", limit=64 << 20))["base_config"]
+    except (ValueError, KeyError, TypeError):
         raise SweepError(f"{str(path)!r} is not a sweep index; use another --out") from None
     if old != base_config:
         flat_old, flat_new = _flat_dict(old), _flat_dict(base_config)
@@ -300,8 +305,9 @@ def _flat_dict(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- one run, on a worker ---------------------------------------------------------------------------------------------
-def _claim_resources(device: str) -> None:
-    """Give this run its worker's share of the host's cores and, on a GPU host, the worker's GPU.
+def _claim_resources(device: str, threads: int | None = None) -> None:
+    """Give this run its worker's share of the host's cores (or the config's `threads`) and, on a GPU host, the
+    worker's GPU.
 
     Share: the host's usable cores over the task slots of all Dask workers on that host, so workers never
     oversubscribe. GPU: visible GPU `rank % count`, rank = the integer a worker's name ends in (LocalCluster names
@@ -311,7 +317,7 @@ def _claim_resources(device: str) -> None:
     workers = get_client().scheduler_info(n_workers=-1)["workers"]
     host = workers.get(worker.address, {}).get("host")
     slots = sum(w["nthreads"] for w in workers.values() if w.get("host") == host) or worker.state.nthreads
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // slots))
+    set_threads(threads or max(1, len(os.sched_getaffinity(0)) // slots))
     if resolve_device(device).type == "cuda":
         match = re.search(r"(?:^|-)(\d+)$", str(worker.name))
         torch.cuda.set_device((int(match.group(1)) if match else 0) % torch.cuda.device_count())
@@ -332,23 +338,27 @@ def run_one(config: dict[str, Any], run_dir: str, topic: str, index: int) -> Non
     holds a checkpoint and a record; a finished one is left alone. Announces its start under `topic`."""
     get_worker().log_event(topic, {"run": index})
     planned = from_dict(config)
-    _claim_resources(planned.device)
+    _claim_resources(planned.device, planned.threads)
     path = Path(run_dir)
     if is_complete(path):
         return
-    resume = (path / CHECKPOINT_NAME).is_file() and (path / RECORD_NAME).is_file()
-    if resume and load_checkpoint(path / CHECKPOINT_NAME)["config"] != config:
-        raise SweepError(f"{run_dir} holds a checkpoint of another config; move it away to rerun")
-    if not resume:
-        _clear(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = build_model(planned, path, resume=resume)
+    claim = RunDir.claim(path, new=False)  # one writer: a `sim.run --resume` on it meanwhile is refused
     try:
+        resume = (path / CHECKPOINT_NAME).is_file() and (path / RECORD_NAME).is_file()
+        if resume and load_checkpoint(path / CHECKPOINT_NAME)["config"] != config:
+            raise SweepError(f"{run_dir} holds a checkpoint of another config; move it away to rerun")
         if not resume:
-            write_config(planned, path)
-        simulate(model, quiet=True)
+            _clear(path)
+        model = build_model(planned, path, resume=resume)
+        try:
+            if not resume:
+                write_config(planned, path)
+            simulate(model, quiet=True)
+        finally:
+            model.close()
     finally:
-        model.close()
+        claim.release()
 
 
 # --- the client -------------------------------------------------------------------------------------------------------

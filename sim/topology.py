@@ -88,6 +88,21 @@ def particle_graph(neurons: nx.DiGraph, neighbourhood: str = "shared_neuron") ->
     return graph
 
 
+def particle_graph_size(sizes: list[int], neighbourhood: str = "shared_neuron") -> int:
+    """The number of edges `particle_graph` would have for an organism of layer `sizes`, without building it: the
+    pairs of particles in each group (two particles share at most one neuron, so no pair is counted twice)."""
+    pairs = 0
+    for layer, width in enumerate(sizes):
+        fan_in = sizes[layer - 1] if layer > 0 else 0
+        fan_out = sizes[layer + 1] if layer + 1 < len(sizes) else 0
+        group = {"shared_neuron": fan_in + fan_out, "same_target": fan_in}.get(neighbourhood)
+        if group is not None:
+            pairs += width * group * (group - 1) // 2
+    if neighbourhood == "same_layer":
+        pairs = sum(a * b * (a * b - 1) // 2 for a, b in itertools.pairwise(sizes))
+    return pairs
+
+
 def soup_graph(size: int, degree: int, seed: int, kind: str = "regular") -> nx.Graph:
     """The soup's neighbourhood over `size` free particles: a random `degree`-regular graph (`regular`), or the
     complete graph (`complete`: any particle meets any other; `degree` is unused)."""

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from sim.cli import Parser, UsageError, error_exit
+from sim.replay import RUNS_ENV
 
 APP_PATH = Path(__file__).with_name("app.py")
 REPLAY_ENV = "RUN_H5"  # the record the replay page opens when its address names none
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--replay", metavar="RUN", help="run.h5 (or run directory) the replay page opens")
     parser.add_argument(
+        "--runs", metavar="DIR", default="runs", help="the only directory replays are read from (default runs/)"
+    )
+    parser.add_argument(
         "--install-assets", action="store_true", help="fetch the page's JS/CSS packages with npm into solara's cache"
     )
     try:
@@ -139,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: solara's page assets are not cached ({', '.join(missing)}); without a CDN the page stays blank: "
               "run `python -m sim.view --install-assets` once", file=sys.stderr)  # fmt: skip
     port = args.port or free_port(args.host)
+    roots = [Path(args.runs).resolve()]
     if args.replay:
         os.environ[REPLAY_ENV] = str(Path(args.replay).resolve())
+        roots.append(Path(args.replay).resolve())  # the run named on the command line, wherever it is
+    os.environ[RUNS_ENV] = os.pathsep.join(str(root) for root in roots)
     threading.Thread(target=_announce, args=(args.host, port, bool(args.replay)), daemon=True).start()
     from solara.__main__ import cli
 

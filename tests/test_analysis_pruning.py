@@ -80,7 +80,7 @@ def rebuild(run_dir: Path) -> Rebuilt:
         record_metric = float(f["particles/held_out_metric"][-1])
         metric_name = f.attrs["metric_name"]
     # every metric in float64, on a float64 copy of the (float32) weights
-    weights = torch.load(run_dir / "checkpoint.pt", weights_only=False)["weights"].double()
+    weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["weights"].double()
     p = config["particle"]
     spec = ParticleSpec(p["weight_interface"], p["hidden"], p["activation"])
     t = config["task"]
@@ -146,7 +146,8 @@ def test_equal_sparsity_matches_baselines_recomputed(case):
         "contribution": (particles["contribution_relative"], r.relative_contribution()),
     }
     for name, (reported, recomputed) in scores.items():
-        np.testing.assert_allclose(reported, recomputed, rtol=1e-4, atol=1e-7, err_msg=name)
+        # atol: a float32 contribution share times a fan-in of 225 carries ~1e-7 x 225 of rounding
+        np.testing.assert_allclose(reported, recomputed, rtol=1e-4, atol=1e-6, err_msg=name)
         # rank by the reported scores: float32 and float64 may order near-ties differently
         ids = np.argsort(reported, kind="stable")[: len(replicators)]
         assert eq[name] == pytest.approx(r.without(ids), rel=1e-6, abs=1e-12), name
@@ -156,7 +157,9 @@ def test_equal_sparsity_matches_baselines_recomputed(case):
 def test_contributions_and_pure_self_replicators(case):
     _, numbers, r, _ = case
     relative = np.array(numbers["particles"]["contribution_relative"])
-    np.testing.assert_allclose(relative, r.relative_contribution(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        relative, r.relative_contribution(), rtol=1e-4, atol=1e-6
+    )  # float32 rounding x fan-in, as above
     np.testing.assert_allclose(numbers["particles"]["effective_weight"], r.effective(), rtol=1e-4, atol=1e-7)
     threshold = numbers["pure_threshold"]
     pure = np.flatnonzero((r.kinds == "self_replicator") & (r.relative_contribution() < threshold))

@@ -105,7 +105,7 @@ def test_run_numbers_match_a_plain_loop_per_particle(soup_run, tmp_path):
     numbers, out = run_cli(main, soup_run, tmp_path, "--repeats", "2", "--max-steps", str(cap),
                            "--noise-exponents", "3", "7")  # fmt: skip
     r = read_record(soup_run)
-    weights = torch.load(soup_run / "checkpoint.pt", weights_only=False)["weights"].double().numpy()
+    weights = torch.load(soup_run / "checkpoint.pt", weights_only=True)["weights"].double().numpy()
     ids = np.flatnonzero(r["particles/kind"][-1] == SELF_REPLICATOR)
     assert numbers["n_self_replicators"] == len(ids) > 0
     assert list(numbers["levels"]) == ["0", "1e-7", "1e-3"]
@@ -146,7 +146,7 @@ def test_spectral_radius_and_predicted_steps_match_a_plain_computation(arithmeti
     numbers, out = run_cli(main, arithmetic_run, tmp_path, "--repeats", "1", "--max-steps", "40",
                            "--noise-exponents", "6")  # fmt: skip
     r = read_record(arithmetic_run)
-    weights = torch.load(arithmetic_run / "checkpoint.pt", weights_only=False)["weights"].double()
+    weights = torch.load(arithmetic_run / "checkpoint.pt", weights_only=True)["weights"].double()
     ids = np.flatnonzero(r["particles/kind"][-1] == SELF_REPLICATOR)
     assert numbers["particle_ids"] == ids.tolist() and len(ids) > 0
     k, h = ARITHMETIC_SPEC.weight_interface, ARITHMETIC_SPEC.hidden

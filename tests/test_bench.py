@@ -72,7 +72,9 @@ def test_json_has_exactly_the_documented_shape(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"device", "torch", "organisms", "sr_scaling_ns_per_particle", "full_step"}
+    assert set(results) == {"device", "torch", "peaks", "organisms", "sr_scaling_ns_per_particle", "sr_roofline",
+                            "full_step"}  # fmt: skip
+    assert results["peaks"]["gflops"] > 0 and results["peaks"]["gb_per_s"] > 0
     assert results["device"].startswith("cpu") and results["torch"] == torch.__version__
     assert set(results["organisms"]) == {"mnist", "arithmetic"}
     for figures in results["organisms"].values():
@@ -82,12 +84,19 @@ def test_json_has_exactly_the_documented_shape(tmp_path, monkeypatch, capsys):
         assert all(value > 0 for times in figures.values() for value in times.values())
     assert set(results["sr_scaling_ns_per_particle"]) == {"1000", "10000", "100000"}
     assert all(value > 0 for value in results["sr_scaling_ns_per_particle"].values())
+    for size, roof in results["sr_roofline"].items():
+        assert roof["measured_ns_per_particle"] == results["sr_scaling_ns_per_particle"][size]
+        assert roof["flops_per_particle"] > 500 and roof["bytes_per_particle"] > 0
+        assert roof["fraction_of_bound"] == pytest.approx(
+            roof["bound_ns_per_particle"] / roof["measured_ns_per_particle"]
+        )
     assert set(results["full_step"]) == {"arithmetic", "mnist"}  # --quick leaves out the large models
     for figures in results["full_step"].values():
         assert figures["steps_per_s"] == pytest.approx(1e3 / figures["step_ms"])
         assert sum(figures["phase_share"].values()) == pytest.approx(1.0, abs=0.02)
         assert figures["phase_share"]["sr"] > 0 and figures["phase_share"]["task"] > 0
     assert results["full_step"]["mnist"]["n_particles"] == 1200
+    assert all(0 < figures["peak_host_mib"] < 4096 for figures in results["full_step"].values())  # each its own
     table = capsys.readouterr().out
     assert "mnist" in table and "arithmetic" in table and "P =   100,000" in table
 

@@ -90,7 +90,7 @@ def test_help_lists_every_config_key_with_its_default(capsys):
 
 
 @pytest.mark.parametrize("key, suggestion", [("train.lrr", "train.lr"), ("alpha", "train.alpha"),
-                                             ("organism.hiden", "particle.hidden"),
+                                             ("organism.hiden", "organism.hidden"),
                                              ("evnts.attack", "events.attack")])  # fmt: skip
 def test_unknown_key_suggests_the_nearest(key, suggestion, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

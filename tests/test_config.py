@@ -30,9 +30,9 @@ def test_explicit_values_win_over_task_defaults():
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("steps", -1, "steps must be >= 0"),
+        ("steps", -1, "steps must be an integer in 0.."),
         ("steps", 1.5, "steps must be an integer"),
-        ("organism.width", 0, "organism.width must be >= 1"),
+        ("organism.width", 0, "organism.width must be an integer in 1.."),
         ("events.attack", -0.1, "events.attack must be >= 0"),
         ("events.melt", 2.0, "events.melt must be <= 1"),
         ("train.lr", "fast", "train.lr must be a number"),

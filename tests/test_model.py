@@ -140,3 +140,18 @@ def test_float64_and_nonlinear_particles_run():
     for _ in range(3):
         model.step()
     assert model.weights.dtype == torch.float64 and np.isfinite(model.held_out_metric())
+
+
+def test_a_large_organism_builds_no_particle_graph_and_records_no_edges(tmp_path):
+    """784-64-64-10 (54,784 particles, a line graph of 36 M edges): without events nothing builds the graph."""
+    from sim.config import build_config
+    from sim.model import OrganismModel
+    from sim.record import open_record
+
+    config = build_config(overrides=[("steps", 1), ("device", "cpu"), ("task.image_side", 28), ("organism.width", 64)])
+    model = OrganismModel(config, run_dir=tmp_path)
+    model.step()
+    model.close()
+    assert model._graph is None
+    with open_record(tmp_path / "run.h5") as f:
+        assert f["topology/edges"].shape == (0, 2) and f["topology/layer"].shape == (model.n_particles,)

@@ -282,12 +282,12 @@ def test_random_particles_are_other(dtype):
 
 @pytest.mark.parametrize(("k", "h", "activation"), [(5, 5, "none"), (5, 3, "none"), (7, 2, "none"), (5, 3, "tanh")])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", particles.CPU_BACKENDS)
 def test_sr_train_matches_autograd_and_torch_sgd(k, h, activation, momentum, backend, monkeypatch):
-    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on both
-    of its backends (NumPy on the CPU; torch, as on a GPU), block by block."""
-    if backend == "torch":
-        monkeypatch.setattr(particles, "CPU_ARRAYS", "torch")
+    """The fused SR training (hand-derived gradient for linear particles) equals autograd + torch.optim.SGD, on each
+    of its backends (the compiled kernel; the reference on NumPy views and on torch tensors, as on a GPU), block by
+    block (13 particles: reference blocks of 5, 5 and 3; a partial block of the kernel)."""
+    monkeypatch.setattr(particles, "CPU_ARRAYS", backend)
     monkeypatch.setattr(particles, "SR_CHUNK", 5)  # 13 particles: blocks of 5, 5 and 3
     spec = ParticleSpec(k, h, activation)
     start = init_weights(13, spec, torch.Generator().manual_seed(k * 10 + h), dtype=torch.float64)

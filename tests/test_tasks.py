@@ -311,3 +311,29 @@ def test_missing_data_directory_and_unknown_task(tmp_path):
         make_task("mnist", 0, "cpu", torch.float32, data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="unknown task 'xor'"):
         make_task("xor", 0, "cpu", torch.float32)
+
+
+def test_embedded_mnist_is_cached_on_disk_keyed_by_the_resize(tmp_path, monkeypatch):
+    """The first load writes the resized split to the cache directory; later processes read it back unchanged, a
+    damaged entry is rebuilt, and another image side has an entry of its own."""
+    from sim import tasks
+
+    monkeypatch.setenv("ORGANISM_NETWORKS_CACHE", str(tmp_path))
+    tasks._embedded_mnist.cache_clear()
+    try:
+        first = tasks._embedded_mnist(15)
+        (entry,) = (tmp_path / "mnist").glob("embedded-15x15-*.npz")
+        tasks._embedded_mnist.cache_clear()  # as a new process would
+        again = tasks._embedded_mnist(15)
+        for a, b in zip(first, again, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        entry.write_bytes(b"not an npz")
+        tasks._embedded_mnist.cache_clear()
+        rebuilt = tasks._embedded_mnist(15)
+        assert torch.equal(rebuilt[0], first[0])
+        assert tasks._embedded_mnist(7)[0].shape == (3500, 49)
+        area = tasks._embedded_mnist(15, "area")
+        assert not torch.equal(area[0], first[0])  # another resize, another entry
+        assert len(list((tmp_path / "mnist").glob("embedded-*.npz"))) == 3
+    finally:
+        tasks._embedded_mnist.cache_clear()

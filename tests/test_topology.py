@@ -17,6 +17,7 @@ from sim.topology import (
     neighbour_csr,
     organism_graph,
     particle_graph,
+    particle_graph_size,
     particle_table,
     soup_graph,
 )
@@ -156,3 +157,10 @@ def test_complete_soup_graph_links_every_pair():
     assert graph.number_of_nodes() == 10 and graph.number_of_edges() == 45
     with pytest.raises(ValueError, match="soup.graph"):
         soup_graph(10, 4, seed=0, kind="ring")
+
+
+@pytest.mark.parametrize("neighbourhood", ["shared_neuron", "same_target", "same_layer"])
+@pytest.mark.parametrize("sizes", [[2, 3, 3, 1], [6, 4, 5, 3], [3, 1]])
+def test_particle_graph_size_counts_the_edges_without_building_the_graph(sizes, neighbourhood):
+    graph = particle_graph(organism_graph(sizes), neighbourhood)
+    assert particle_graph_size(sizes, neighbourhood) == graph.number_of_edges()

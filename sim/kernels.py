@@ -1,0 +1,362 @@
+"""Compiled CPU kernels (numba) for banks of linear particles: the fused SR steps, the task step's chained gradient
+and SGD update, and the per-particle quantities a log interval records.
+
+All work on the bank's own `[P, n]` NumPy view in place and are bit-for-bit reproducible: every particle is computed
+by the same instructions whatever the thread count (threads split the bank, never a particle's sums).
+
+The SR kernel runs all `n_sr` steps of a block of `SR_BLOCK` particles before the next block, with the block's
+weights and momentum transposed into one small buffer `[2n + 1, SR_BLOCK]` that stays in the L1 cache; the step's
+body is straight-line code over the particle index (generated for the particle shape (k, h), with the coordinate
+positions that are zero left out), so the compiler vectorises it across particles. The generated source is written
+to the user's cache directory and numba caches its compiled code beside it, so a shape compiles once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import sys
+from functools import cache
+from types import ModuleType
+
+import numpy as np
+
+from sim.cache import cache_dir, write_atomic
+
+SR_BLOCK = 32  # particles per SR block: (2n + 1) * 32 values of float32 (14 KiB for k = h = 5) stay in L1
+KERNEL_VERSION = 1  # bump when the generated code changes meaning; the source hash covers the rest
+
+
+_threads: int | None = None  # set_threads' count, applied when numba loads; None: numba's default (every core)
+
+
+def _numba():
+    import numba  # on first use only: importing numba costs ~0.5 s of startup
+
+    if _threads is not None:
+        numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
+    return numba
+
+
+def set_threads(n: int) -> None:
+    """Use `n` threads in the kernels (at most the cores numba saw at import), now or when numba loads."""
+    global _threads
+    _threads = n
+    if "numba" in sys.modules:
+        _numba()
+
+
+def _chunks(n_items: int) -> int:
+    """How many pieces the threads split `n_items` blocks or particles into: one per thread, at most one per item."""
+    return max(1, min(n_items, _numba().get_num_threads()))
+
+
+# --- the SR steps ----------------------------------------------------------------------------------------------------
+def _tree(terms: list[str]) -> str:
+    """`terms` summed as a balanced tree (short dependency chains; the order is fixed, so the result is too)."""
+    if not terms:
+        return "zero"
+    while len(terms) > 1:
+        terms = [f"({terms[i]} + {terms[i + 1]})" if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def sr_flops(k: int, h: int) -> int:
+    """Arithmetic operations of one SR step of one particle in the generated kernel (index arithmetic left out)."""
+    from sim.particles import ParticleSpec, positions  # particles imports this module
+
+    pos = positions(ParticleSpec(k, h)).T.double().numpy()  # [3, n]
+    source = sr_source(k, h, pos)
+    body = source[source.index("for step in range(n_steps):") :].split("for i in range(m):")[0]
+    arithmetic = re.sub(r"\[[^\]]*\]", "", body)  # drop the subscripts: their + is addressing
+    return sum(arithmetic.count(op) for op in (" * ", " + ", " - "))
+
+
+def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
+    """Python source of the SR kernel for particles of shape (k, h); `pos [3, n]` marks the zero positions to skip.
+
+    The kernel `sr_steps(bank, buf_bank, pos, gram, consts, n_steps, losses)` runs `n_steps` SGD-with-momentum steps
+    (`b = momentum * b + grad; w = w - lr * b`) on the SR loss, in place on `bank` and `buf_bank` `[P, n]`, and writes
+    each particle's SR loss before the first step (times n, clamped at 0) to `losses [P]`. `consts` is
+    `(0, 1, 2, lr, momentum, scale)` in the bank's dtype, `scale = 2 alpha / n`. The gradient is the hand-derived one
+    of `sim.particles._linear_sr_steps`: with `t = W3 W2`, `v = t W1` and `q = dL/dv`, `dW1 = t^T q`,
+    `dW2 = W3^T dt`, `dW3 = dt W2^T` with `dt = q W1^T`.
+    """
+    n = k * h + h * h + h
+    B = block
+    loss_row = 2 * n * B
+
+    def w1(b: int, c: int) -> str:
+        return f"w{b * k + c}"
+
+    def w2(a: int, b: int) -> str:
+        return f"w{k * h + a * h + b}"
+
+    def w3(a: int) -> str:
+        return f"w{k * h + h * h + a}"
+
+    nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
+    lines = [
+        "import numba",
+        "import numpy as np",
+        "",
+        "",
+        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        "def sr_steps(bank, buf_bank, pos, gram, consts, n_steps, losses, n_chunks):",
+        "    P = bank.shape[0]",
+        f"    n_blocks = (P + {B - 1}) // {B}",
+        "    zero, one, two, lr, mom, scale = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]",
+    ]
+    lines += [f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]]
+    lines += [f"    g{d}{e} = gram[{d}, {e}]" for d in range(3) for e in range(3)]
+    lines += [
+        "    for chunk in numba.prange(n_chunks):",
+        f"        w = np.empty({(2 * n + 1) * B}, bank.dtype)  # rows: weights, momentum, first loss; [2n + 1, B]",
+        "        for blk in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):",
+        f"            s = blk * {B}",
+        f"            m = min({B}, P - s)",
+        f"            for i in range({B}):",
+        "                if i < m:",
+        f"                    for j in range({n}):",
+        f"                        w[j * {B} + i] = bank[s + i, j]",
+        f"                        w[({n} + j) * {B} + i] = buf_bank[s + i, j]",
+        "                else:  # the tail block's empty slots hold zero particles, a fixpoint of the step",
+        f"                    for j in range({2 * n}):",
+        f"                        w[j * {B} + i] = zero",
+        "            for step in range(n_steps):",
+        f"                for i in range({B}):",
+    ]
+    body = [f"w{j} = w[{j * B} + i]" for j in range(n)]
+    body += [f"b{j} = w[{(n + j) * B} + i]" for j in range(n)]
+    body += [f"t{b} = " + _tree([f"{w3(a)} * {w2(a, b)}" for a in range(h)]) for b in range(h)]
+    body += [f"v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
+    body += ["shrink = v0 - one", "norm2 = " + _tree([f"w{j} * w{j}" for j in range(n)])]
+    body += [f"cross{d} = " + _tree([f"p{d}_{j} * w{j}" for j in nonzero[d]]) for d in range(3)]
+    body += ["shift_cross = " + _tree([f"v{d + 1} * cross{d}" for d in range(3)])]
+    body += [f"gram_shift{d} = " + _tree([f"g{d}{e} * v{e + 1}" for e in range(3)]) for d in range(3)]
+    body += [
+        "loss = norm2 * shrink * shrink + two * shrink * shift_cross + "
+        + _tree([f"v{d + 1} * gram_shift{d}" for d in range(3)]),
+        f"w[{loss_row} + i] = loss if step == 0 else w[{loss_row} + i]",
+        "q0 = (norm2 * shrink + shift_cross) * scale",
+    ]
+    body += [f"q{d + 1} = (shrink * cross{d} + gram_shift{d}) * scale" for d in range(3)]
+    body += [f"dt{b} = " + _tree([f"q{c} * {w1(b, c)}" for c in range(4)]) for b in range(h)]
+    grads: dict[int, str | None] = {}
+    for b in range(h):
+        for c in range(k):
+            grads[b * k + c] = f"t{b} * q{c}" if c < 4 else None  # inputs 4.. never carry coordinates
+    for a in range(h):
+        for b in range(h):
+            grads[k * h + a * h + b] = f"{w3(a)} * dt{b}"
+    for a in range(h):
+        grads[k * h + h * h + a] = _tree([f"dt{b} * {w2(a, b)}" for b in range(h)])
+    for j in range(n):
+        body.append(f"b{j} = mom * b{j}" + (f" + {grads[j]}" if grads[j] is not None else ""))
+        body.append(f"w[{j * B} + i] = w{j} - lr * b{j}")
+        body.append(f"w[{(n + j) * B} + i] = b{j}")
+    lines += [f"                    {line}" for line in body]
+    lines += [
+        "            for i in range(m):",
+        f"                loss = w[{loss_row} + i]",
+        "                losses[s + i] = zero if loss < zero else loss  # rounding can leave it a hair below 0",
+        f"                for j in range({n}):",
+        f"                    bank[s + i, j] = w[j * {B} + i]",
+        f"                    buf_bank[s + i, j] = w[({n} + j) * {B} + i]",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def per_particle_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
+    """Python source of the per-particle kernels for shape (k, h), straight-line code over one particle's weights read
+    in place from the bank `[P, n]` (no block transposition: each reads or updates every weight once):
+
+    - `effective(bank, out)`: the effective weight `a = sum_b t_b W1[b, k-1]`, `t = W3 W2`, into `out [P]`;
+    - `task_sgd(bank, buf_bank, upstream, lr, mom)`: SGD with momentum on a task loss whose gradient with respect to
+      the effective weights is `upstream [P]`, chained in closed form: `da/dW1[b, k-1] = t_b`,
+      `da/dW2[a, b] = W3_a W1[b, k-1]`, `da/dW3_a = sum_b W2_ab W1[b, k-1]`, every other weight 0;
+    - `log_quantities(bank, eps, inv_n, kind, loss, eff)`: kind code (the first-match-wins tests of
+      `sim.particles.classify`, branch-free), mean squared self-application residual and effective weight.
+    """
+    n = k * h + h * h + h
+    B = block
+
+    def w1(b: int, c: int) -> str:
+        return f"w{b * k + c}"
+
+    def w2(a: int, b: int) -> str:
+        return f"w{k * h + a * h + b}"
+
+    def w3(a: int) -> str:
+        return f"w{k * h + h * h + a}"
+
+    nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
+    carried = [b * k + k - 1 for b in range(h)]
+    reads = sorted({*carried, *range(k * h, n)})
+    t_lines = [f"t{b} = " + _tree([f"{w3(a)} * {w2(a, b)}" for a in range(h)]) for b in range(h)]
+    effective = "a = " + _tree([f"t{b} * {w1(b, k - 1)}" for b in range(h)])
+    lines = [
+        "",
+        "",
+        # serial: ~40 ns a particle, where numba's parallel loop compiled this body eight times slower
+        "@numba.njit(cache=True, nogil=True)",
+        "def effective(bank, out):",
+        "    for p in range(bank.shape[0]):",
+        *[f"        w{j} = bank[p, {j}]" for j in reads],
+        *[f"        {line}" for line in t_lines],
+        f"        {effective}",
+        "        out[p] = a",
+        "",
+        "",
+        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        "def task_sgd(bank, buf_bank, upstream, lr, mom):",
+        "    for p in numba.prange(bank.shape[0]):",
+        "        g = upstream[p]",
+        *[f"        w{j} = bank[p, {j}]" for j in reads],
+        *[f"        {line}" for line in t_lines],
+    ]
+    grads: dict[int, str] = {}
+    for b in range(h):
+        grads[b * k + k - 1] = f"g * t{b}"
+    for a in range(h):
+        for b in range(h):
+            grads[k * h + a * h + b] = f"g * ({w3(a)} * {w1(b, k - 1)})"
+        grads[k * h + h * h + a] = "g * " + _tree([f"{w2(a, b)} * {w1(b, k - 1)}" for b in range(h)])
+    for j in range(n):
+        update = f"mom * buf_bank[p, {j}]" + (f" + {grads[j]}" if j in grads else "")
+        lines += [f"        b{j} = {update}", f"        buf_bank[p, {j}] = b{j}", f"        bank[p, {j}] -= lr * b{j}"]
+    lines += [
+        "",
+        "",
+        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        "def log_quantities(bank, pos, consts, kind, loss, eff, n_chunks):",
+        *[f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]],
+        "    zero, one, two, three, four, eps, inv_n = (consts[0], consts[1], consts[2], consts[3], consts[4],",
+        "                                                consts[5], consts[6])",
+        "    P = bank.shape[0]",
+        f"    n_blocks = (P + {B - 1}) // {B}",
+        "    for chunk in numba.prange(n_chunks):",
+        f"        w = np.empty({(n + 3) * B}, bank.dtype)  # rows: weights, kind, loss, effective weight; [n + 3, B]",
+        "        for blk in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):",
+        f"            s = blk * {B}",
+        f"            m = min({B}, P - s)",
+        f"            for i in range({B}):",
+        f"                for j in range({n}):",
+        f"                    w[j * {B} + i] = bank[s + i, j] if i < m else zero",
+        f"            for i in range({B}):",
+    ]
+    body = [f"w{j} = w[{j * B} + i]" for j in range(n)]
+    body += [
+        "finite = " + _tree([f"(w{j} - w{j})" for j in range(n)]) + " == zero  # NaN unless all finite",
+        "nonzero = " + " | ".join(f"(abs(w{j}) >= eps)" for j in range(n)),
+        *t_lines,
+        effective,
+    ]
+    body += [f"v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
+    for j in range(n):
+        shift = _tree([f"v{d + 1} * p{d}_{j}" for d in range(3) if j in nonzero[d]])
+        body += [f"s{j} = {shift}", f"r{j} = (w{j} * v0 + s{j}) - w{j}"]
+    body += [
+        "once = " + " & ".join(f"(abs(r{j}) < eps)" for j in range(n)),
+        "once_finite = " + _tree([f"(r{j} - r{j})" for j in range(n)]) + " == zero",
+        # applied twice: p(c'_j) with c' built from w' = p(c): (w_j v0 + s_j) v0 + s_j
+        "twice = " + " & ".join(f"(abs(((w{j} * v0 + s{j}) * v0 + s{j}) - w{j}) < eps)" for j in range(n)),
+        # first match wins: divergent 0, zero 1, self_replicator 2, self_replicator_2nd 3, other 4
+        "code = four if not (once_finite & twice) else three",
+        "code = two if once else code",
+        "code = one if not nonzero else code",
+        f"w[{n * B} + i] = zero if not finite else code",
+        f"w[{(n + 1) * B} + i] = " + _tree([f"r{j} * r{j}" for j in range(n)]) + " * inv_n",
+        f"w[{(n + 2) * B} + i] = a",
+    ]
+    lines += [f"                {line}" for line in body]
+    lines += [
+        "            for i in range(m):",
+        f"                kind[s + i] = np.int8(w[{n * B} + i])",
+        f"                loss[s + i] = w[{(n + 1) * B} + i]",
+        f"                eff[s + i] = w[{(n + 2) * B} + i]",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _load_generated(name: str, source: str) -> ModuleType:
+    """Import generated `source` from a file in the cache directory named by its hash (numba caches beside it)."""
+    digest = hashlib.sha256(f"{KERNEL_VERSION}\n{source}".encode()).hexdigest()[:16]
+    path = cache_dir("kernels") / f"{name}_{digest}.py"
+    if not path.is_file():
+        write_atomic(path, source.encode())
+    spec = importlib.util.spec_from_file_location(f"organism_networks_kernels_{name}_{digest}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's cache looks the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def _shape_kernels(k: int, h: int) -> ModuleType:
+    """The compiled kernels of particles of shape (k, h): the generated module, loaded (and compiled once)."""
+    import torch
+
+    from sim.particles import ParticleSpec, positions  # particles imports this module
+
+    pos = positions(ParticleSpec(k, h), dtype=torch.float64).T.numpy()  # [3, n]
+    return _load_generated(f"shape_k{k}_h{h}", sr_source(k, h, pos) + per_particle_source(k, h, pos))
+
+
+def sr_steps_(
+    weights: np.ndarray,
+    momentum_buffer: np.ndarray,
+    k: int,
+    h: int,
+    pos: np.ndarray,
+    n_steps: int,
+    lr: float,
+    momentum: float,
+    scale: float,
+) -> float:
+    """`n_steps` fused SR steps on a linear bank `[P, n]` and its momentum buffer, in place (see `sr_source`); `pos`
+    `[3, n]` in the bank's dtype. Returns the mean SR loss before the first step."""
+    kernel = _shape_kernels(k, h).sr_steps
+    dtype = weights.dtype
+    consts = np.array([0.0, 1.0, 2.0, lr, momentum, scale], dtype=dtype)
+    pos = np.ascontiguousarray(pos, dtype=dtype)
+    gram = pos @ pos.T  # [3, 3]
+    losses = np.empty(weights.shape[0], dtype=dtype)
+    P = weights.shape[0]
+    kernel(weights, momentum_buffer, pos, gram, consts, n_steps, losses, _chunks(-(-P // SR_BLOCK)))
+    return float(losses.sum(dtype=np.float64)) / max(P, 1) / weights.shape[1]
+
+
+# --- effective weights, the task step's update, the log quantities ---------------------------------------------------
+def effective_weights(weights: np.ndarray, k: int, h: int) -> np.ndarray:
+    """Effective weight of every linear particle of a bank `[P, n]`, `[P]` in its dtype."""
+    out = np.empty(weights.shape[0], dtype=weights.dtype)
+    _shape_kernels(k, h).effective(weights, out)
+    return out
+
+
+def task_sgd_(
+    weights: np.ndarray, momentum_buffer: np.ndarray, upstream: np.ndarray, k: int, h: int, lr: float, momentum: float
+) -> None:
+    """The task step's SGD-with-momentum update for linear particles, in place: `upstream [P]` is dL/da, the loss's
+    gradient with respect to every particle's effective weight a, chained into W1, W2 and W3 in closed form."""
+    dtype = weights.dtype.type
+    _shape_kernels(k, h).task_sgd(weights, momentum_buffer, upstream, dtype(lr), dtype(momentum))
+
+
+def log_quantities(
+    weights: np.ndarray, k: int, h: int, pos: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kind code (int8), SR loss and effective weight of every linear particle of a bank `[P, n]`, in one pass; the
+    kinds are `sim.particles.classify`'s, the SR loss the mean of the self-application residuals squared."""
+    P = weights.shape[0]
+    kind = np.empty(P, dtype=np.int8)
+    loss = np.empty(P, dtype=weights.dtype)
+    eff = np.empty(P, dtype=weights.dtype)
+    pos = np.ascontiguousarray(pos, dtype=weights.dtype)
+    consts = np.array([0, 1, 2, 3, 4, eps, 1.0 / weights.shape[1]], dtype=weights.dtype)
+    _shape_kernels(k, h).log_quantities(weights, pos, consts, kind, loss, eff, _chunks(-(-P // SR_BLOCK)))
+    return kind, loss, eff
