@@ -251,7 +251,7 @@ MAINS = {"pruning": pruning.main, "report": report.main}
     ("not_a_run", "is not a run directory"),
     ("newer_schema", "has record schema 99, newer than"),
     # where the cut falls decides whether HDF5 refuses the file or a dataset read fails
-    ("truncated", "is not a readable HDF5 record|is a corrupt or incomplete record"),
+    ("truncated", "is not a readable HDF5 record|is a corrupt or incomplete record|cannot read /"),
     ("missing", "is not a run directory"),
 ])  # fmt: skip
 def test_bad_run_directories(script, how, words, broken, tmp_path, capsys):
