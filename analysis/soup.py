@@ -54,12 +54,15 @@ class EventLog:
 
 
 def read_events(run: Run) -> EventLog:
-    """The run's event rows; AnalysisError if the record holds none."""
+    """The run's event rows (none yet in a soup of 0 steps); AnalysisError for a run other than a soup that recorded
+    none (an organism with every event rate 0: nothing to analyse)."""
     with open_record(run.run_dir) as f:
         rows = read_group(f, "events") if "events" in f else {}
     names = [str(n) for n in run.attrs.get("event_names", [])]
     if not len(rows.get("step", [])):
-        raise AnalysisError(f"{str(run.run_dir)!r} recorded no population events (all event rates 0?)")
+        if run.mode != "soup":
+            raise AnalysisError(f"{str(run.run_dir)!r} recorded no population events (all event rates 0?)")
+        rows = {key: np.zeros(0, dtype=np.int64) for key in ("step", "kind", "source", "target")}
     return EventLog(rows["step"].astype(np.int64), rows["kind"].astype(np.int64), rows["source"].astype(np.int64),
                     rows["target"].astype(np.int64), names)  # fmt: skip
 
@@ -98,7 +101,7 @@ def trace_lineages(log: EventLog, n_particles: int, sample_steps: np.ndarray) ->
     samples = []
     block = 0
     for step in sample_steps:
-        while block < len(starts) and log.step[starts[block]] <= step:
+        while block < len(starts) and ends[block] > starts[block] and log.step[starts[block]] <= step:
             rows = slice(starts[block], ends[block])
             kind = int(log.kind[starts[block]])
             src, tgt = log.source[rows], log.target[rows]
@@ -128,7 +131,7 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     log = read_events(run)
     run.require_rows("particles", 1, "the kind census")
     sample_steps = run.particles["step"].astype(np.int64)
-    last_step = int(max(sample_steps.max(), log.step.max()))
+    last_step = int(max(sample_steps.max(), log.step.max(initial=0)))
     counts = counts_per_step(log, last_step)
     kinds = run.particles["kind"].astype(np.int64)  # [T, P]
     lineages = trace_lineages(log, run.n_particles, sample_steps)

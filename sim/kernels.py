@@ -34,6 +34,9 @@ _threads: int | None = None  # set_threads' count, applied when numba loads; Non
 def _numba():
     import numba  # on first use only: importing numba costs ~0.5 s of startup
 
+    # numba's default OpenMP layer kills a process forked after its first parallel kernel (GNU OpenMP is not
+    # fork-safe; sweep workers and tests fork); the workqueue layer forks safely and every caller is one thread
+    numba.config.THREADING_LAYER = "workqueue"
     if _threads is not None:
         numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
     return numba
