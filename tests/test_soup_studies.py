@@ -230,12 +230,14 @@ def sweep_curves(tmp_path: Path, name: str, param: str, values: list, steps: int
     return curves
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_learn_from_study_at_reduced_size(tmp_path):
     curves = sweep_curves(tmp_path, "soup_learn_from.yaml", "events.learn_from_severity", [0, 100], steps=20)
     # severity 0 changes nothing and nothing self-trains: the random particles stay what they were
     assert curves[0]["final.kind_counts.other"]["mean"] == 10
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_mixed_study_at_reduced_size(tmp_path):
     curves = sweep_curves(tmp_path, "soup_mixed.yaml", "train.n_sr", [0, 100])
     assert curves[0]["final.kind_counts.self_replicator"]["mean"] == 0  # no self-training, no fixpoint in 5 steps
