@@ -16,39 +16,19 @@ import torch
 
 from sim.config import Config
 from sim.model import OrganismModel
-from sim.organism import check_residual_widths
+from sim.organism import Layers
 from sim.particles import ACTIVATIONS, ParticleSpec
 
 NO_KIND = -1  # the kind code of every connection of the dense control
 
 
-class DenseNetwork:
+class DenseNetwork(Layers):
     """A bias-free MLP of layer sizes `[d_in, ..., d_out]` with the organism's residual skips and activation; its
     weights are a flat vector `[P]` (or a bank `[P, 1]`) in particle-id order, so an organism's effective weights
     drive it exactly as they drive the organism's fast path."""
 
     def __init__(self, sizes: list[int], residual: bool = False, activation: str = "none") -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.sizes = list(sizes)
-        if residual:
-            check_residual_widths(self.sizes)
-        self.residual = residual
-        self.activation = activation
-        counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]
-        self.offsets = [0, *itertools.accumulate(counts)]  # weight index range of layer l: offsets[l]:offsets[l+1]
-
-    @property
-    def n_particles(self) -> int:
-        """The number of connections (one weight each)."""
-        return self.offsets[-1]
-
-    @property
-    def depth(self) -> int:
-        return len(self.sizes) - 1
-
-    def layer_slice(self, layer: int) -> slice:
-        return slice(self.offsets[layer], self.offsets[layer + 1])
+        super().__init__(sizes, residual, activation)
 
     def matrices(self, weights: torch.Tensor) -> list[torch.Tensor]:
         """The weight matrix `[n_out, n_in]` of every layer, views of `weights [P]` or `[P, 1]`."""

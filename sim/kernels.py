@@ -76,6 +76,22 @@ def sr_flops(k: int, h: int) -> int:
     return sum(arithmetic.count(op) for op in (" * ", " + ", " - "))
 
 
+def _weight_names(k: int, h: int) -> tuple:
+    """The generated code's variable names of a particle's weights `W1[b, c]`, `W2[a, b]`, `W3[0, a]` (its weights
+    in the bank's order: W1 row-major, then W2, then W3)."""
+
+    def w1(b: int, c: int) -> str:
+        return f"w{b * k + c}"
+
+    def w2(a: int, b: int) -> str:
+        return f"w{k * h + a * h + b}"
+
+    def w3(a: int) -> str:
+        return f"w{k * h + h * h + a}"
+
+    return w1, w2, w3
+
+
 def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     """Python source of the SR kernel for particles of shape (k, h); `pos [3, n]` marks the zero positions to skip.
 
@@ -90,14 +106,7 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     B = block
     loss_row = 2 * n * B
 
-    def w1(b: int, c: int) -> str:
-        return f"w{b * k + c}"
-
-    def w2(a: int, b: int) -> str:
-        return f"w{k * h + a * h + b}"
-
-    def w3(a: int) -> str:
-        return f"w{k * h + h * h + a}"
+    w1, w2, w3 = _weight_names(k, h)
 
     nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
     lines = [
@@ -186,14 +195,7 @@ def per_particle_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) 
     n = k * h + h * h + h
     B = block
 
-    def w1(b: int, c: int) -> str:
-        return f"w{b * k + c}"
-
-    def w2(a: int, b: int) -> str:
-        return f"w{k * h + a * h + b}"
-
-    def w3(a: int) -> str:
-        return f"w{k * h + h * h + a}"
+    w1, w2, w3 = _weight_names(k, h)
 
     nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
     carried = [b * k + k - 1 for b in range(h)]

@@ -39,23 +39,24 @@ def check_residual_widths(sizes: list[int]) -> None:
             )
 
 
-class Organism:
-    """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
+class Layers:
+    """The layout that organisms and the dense control share: layer sizes `[d_in, ..., d_out]`, one connection per
+    (layer, out, in) numbered layer by layer, row-major over `[out, in]`; optional residual skips and activation."""
 
-    def __init__(self, sizes: list[int], spec: ParticleSpec, residual: bool = True, activation: str = "none") -> None:
+    def __init__(self, sizes: list[int], residual: bool, activation: str) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"organism.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.sizes = list(sizes)
-        self.spec = spec
         self.residual = residual
         self.activation = activation
         if residual:
             check_residual_widths(self.sizes)
         counts = [n_in * n_out for n_in, n_out in itertools.pairwise(self.sizes)]
-        self.offsets = [0, *itertools.accumulate(counts)]  # particle id range of layer l: offsets[l]:offsets[l+1]
+        self.offsets = [0, *itertools.accumulate(counts)]  # connection id range of layer l: offsets[l]:offsets[l+1]
 
     @property
     def n_particles(self) -> int:
+        """The number of connections (a particle each in an organism)."""
         return self.offsets[-1]
 
     @property
@@ -64,6 +65,14 @@ class Organism:
 
     def layer_slice(self, layer: int) -> slice:
         return slice(self.offsets[layer], self.offsets[layer + 1])
+
+
+class Organism(Layers):
+    """An organism of layer sizes `[d_in, width, ..., d_out]` over a particle bank; holds no weights itself."""
+
+    def __init__(self, sizes: list[int], spec: ParticleSpec, residual: bool = True, activation: str = "none") -> None:
+        super().__init__(sizes, residual, activation)
+        self.spec = spec
 
     def forward(
         self, weights: torch.Tensor, x: torch.Tensor, path: str = "auto", layer_inputs: list | None = None
