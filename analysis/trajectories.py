@@ -189,11 +189,24 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
 # --- figures -----------------------------------------------------------------------------------------------------
 
 
+def _panel_grid(n_panels: int, min_width: float, height: float, single_height: float) -> tuple:
+    """A figure of up to 3 panels a row for `n_panels` panels: (figure, axes, panels per row)."""
+    cols = min(n_panels, 3)
+    rows = -(-n_panels // cols)
+    fig, axes = new_figure(cols, width=max(min_width, 8.0 / cols), height=height if cols > 1 else single_height,
+                           rows=rows)  # fmt: skip
+    return fig, axes, cols
+
+
+def _log_floor(values: np.ndarray) -> float:
+    """Where a log axis draws the zeros of `values`: a tenth of the smallest positive value."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    return positive.min() / 10 if len(positive) else 1e-30
+
+
 def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], path: Path) -> Path:
-    cols = min(len(panels), 3)
-    rows = -(-len(panels) // cols)
     # a single panel (a soup) still gets room for the title and the legend
-    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=4.6 if cols > 1 else 6.0, rows=rows)
+    fig, axes, cols = _panel_grid(len(panels), min_width=5.0, height=4.6, single_height=6.0)
     names = run.kind_names
     for i, ax in enumerate(axes.ravel()):
         if i >= len(panels):
@@ -238,14 +251,11 @@ def _figure(run: Run, panels: list[dict[str, Any]], present: list[str], path: Pa
 def _distance_figure(
     run: Run, panels: list[dict[str, Any]], distance: np.ndarray, kinds: np.ndarray, present: list[str], path: Path
 ) -> Path:
-    cols = min(len(panels), 3)
-    rows = -(-len(panels) // cols)
-    fig, axes = new_figure(cols, width=max(4.6, 8.0 / cols), height=3.8 if cols > 1 else 4.6, rows=rows)
+    fig, axes, _ = _panel_grid(len(panels), min_width=4.6, height=3.8, single_height=4.6)
     names = np.array(run.kind_names)
     steps = run.snapshot_steps[:-1]  # at the last snapshot every distance is 0 by definition
     values = distance[:-1]
-    positive = values[np.isfinite(values) & (values > 0)]
-    floor = positive.min() / 10 if len(positive) else 1e-30  # a particle already at its final weights sits here
+    floor = _log_floor(values)  # a particle already at its final weights sits here
     for i, ax in enumerate(axes.ravel()):
         if i >= len(panels):
             ax.set_axis_off()
@@ -275,13 +285,10 @@ def _distance_figure(
 def _movement_figure(
     run: Run, panels: list[dict[str, Any]], speed: np.ndarray, kinds: np.ndarray, present: list[str], path: Path
 ) -> Path:
-    cols = min(len(panels), 3)
-    rows = -(-len(panels) // cols)
-    fig, axes = new_figure(cols, width=max(5.0, 8.0 / cols), height=3.8 if cols > 1 else 5.0, rows=rows)
+    fig, axes, _ = _panel_grid(len(panels), min_width=5.0, height=3.8, single_height=5.0)
     names = np.array(run.kind_names)
     steps = run.snapshot_steps[1:]
-    positive = speed[np.isfinite(speed) & (speed > 0)]
-    floor = positive.min() / 10 if len(positive) else 1e-30  # a particle that did not move at all sits here
+    floor = _log_floor(speed)  # a particle that did not move at all sits here
     rng = np.random.default_rng(SUBSET_SEED)
     for i, ax in enumerate(axes.ravel()):
         if i >= len(panels):
