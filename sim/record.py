@@ -642,6 +642,12 @@ def verify_record(f: h5py.File, path: str | Path) -> None:
             list(f[ROWS_NAME].attrs.items())
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         raise RecordError(f"{where!r} is a damaged record ({os_cause(exc)})") from None
+    for group in GROUPS:
+        committed = _committed(f, group)
+        if committed is not None and not 0 <= committed <= _dataset_length(f, group):
+            # a writer commits rows only once they are written (Fletcher-32 cannot tell 0x0000 from 0xffff words)
+            raise RecordError(f"{where!r} is a damaged record (/{ROWS_NAME} counts {committed} /{group} rows, it "
+                              f"holds {_dataset_length(f, group)})")  # fmt: skip
     for group in (*GROUPS, "topology"):
         committed = group_length(f, group) if group in GROUPS else None
         for name, d in f[group].items():

@@ -580,7 +580,9 @@ def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tmp_path,
     assert main(["--resume", str(extended), "--steps", "40", "--quiet"]) == 0
     assert main([*args, "--steps", "40", "--out", str(full)]) == 0
     with open_record(full) as f:
-        assert 20 not in read_group(f, "particles")["step"] and read_group(f, "events")["step"].size > 0
+        assert 20 not in read_group(f, "particles")["step"]
+        if "events" in run:
+            assert read_group(f, "events")["step"].size > 0
         if "gate" in run:
             active = read_group(f, "steps")["sr_active"]
             assert not active[0] and active[-1]  # the gate opened during the run
