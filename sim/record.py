@@ -717,14 +717,21 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} vs {b!r}"
 
 
-def _as_extended(config: Any, state: dict[str, Any]) -> Any:
-    """A config mapping read beside a checkpoint (the record's, `config.yaml`'s), its `steps` replaced by the
-    checkpoint's where `--resume --steps` extended the run from a length between the two: an extension interrupted
-    before it rewrote them is still the same run."""
-    before, steps = state.get("extended_from"), state["config"].get("steps")
-    length = config.get("steps") if isinstance(config, dict) else None
+# config keys a resume may choose anew (`--resume --device/--threads`): how to run, not which run
+MACHINE_KEYS = ("device", "threads")
+
+
+def _as_checkpoint_sees(config: Any, state: dict[str, Any]) -> Any:
+    """A config mapping read beside a checkpoint (the record's, `config.yaml`'s) with what may differ from the
+    checkpoint's in one run taken from it: the machine keys, and `steps` where `--resume --steps` extended the run
+    from a length between the two (an extension interrupted before it rewrote them is still the same run)."""
+    if not isinstance(config, dict):
+        return config
+    ours = state["config"]
+    config = {**config, **{key: ours[key] for key in MACHINE_KEYS if key in ours and key in config}}
+    before, steps, length = state.get("extended_from"), ours.get("steps"), config.get("steps")
     if isinstance(before, int) and isinstance(length, int) and before <= length <= steps:
-        return {**config, "steps": steps}
+        config["steps"] = steps
     return config
 
 
@@ -740,12 +747,12 @@ def check_binding(
     where = f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r}"
     if attrs.get("seed") != state["seed"]:
         raise RecordError(f"{where} belongs to another run (seed {state['seed']}, the record's {attrs.get('seed')})")
-    recorded = _as_extended(attrs.get("config"), state)
+    recorded = _as_checkpoint_sees(attrs.get("config"), state)
     if recorded != state["config"]:
         raise RecordError(f"{where} and the record differ in config ({_first_difference(state['config'], recorded)})")
     if attrs.get("run_id") is not None and attrs["run_id"] != state["run_id"]:
         raise RecordError(f"{where} belongs to another run (run id {state['run_id']}, the record's {attrs['run_id']})")
-    config_file = _as_extended(config_file, state)
+    config_file = _as_checkpoint_sees(config_file, state)
     if config_file is not None and config_file != state["config"]:
         difference = _first_difference(state["config"], config_file)
         raise RecordError(

@@ -465,6 +465,18 @@ def test_resume_refuses_a_checkpoint_newer_than_its_record_and_names_steps_it_re
     assert_same_rows(behind, reference)
 
 
+def test_a_resume_may_choose_its_device_and_threads_anew(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    partial_run(run_dir, steps=50, stop_at=30)
+    # what a `--resume --threads 2` killed before its first checkpoint leaves: config.yaml and the record say 2
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("threads: null", "threads: 2"))
+    with h5py.File(run_dir / "run.h5", "r+") as f:
+        f.attrs["config"] = f.attrs["config"].replace('"threads": null', '"threads": 2')
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0 and "already complete" in capsys.readouterr().out
+
+
 # --- 7. SIGTERM and SIGINT: finish the step, flush, checkpoint, exit 143/130 -----------------------------------------
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_checkpoints_and_resume_is_bit_identical(tmp_path, signum, status):
