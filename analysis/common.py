@@ -3,8 +3,9 @@
 A `Run` is read from the HDF5 record alone (SWMR, so a run that is still being written reads consistently: every group
 is cut to the rows all its datasets hold) plus the checkpoint the record names. Nothing here re-runs training.
 
-Every analysis script is a module `analysis/NAME.py` with `analyse(run, out_dir, args) -> Result`, `add_options(parser)`
-and `main(argv=None) -> int` built from `run_parser` and `run_script`; `analysis.report` runs them all by name.
+Every analysis script is a module `analysis/NAME.py` with `analyse(run, out_dir, args) -> Result` (its own frozen
+subclass of `analysis.results.Result`, whose `to_json()` is what `--json` writes), `add_options(parser)` and
+`main(argv=None) -> int` built from `run_parser` and `run_script`; `analysis.report` runs them all by name.
 """
 
 from __future__ import annotations

@@ -60,7 +60,6 @@ BASELINE_LABELS = {
     "random": "random",
 }
 BASELINE_COLORS = {"l1": "#2ca02c", "magnitude": "#9467bd", "contribution": "#8c564b", "random": "#7f7f7f"}
-STRATEGIES = ("self_replicators", *BASELINES, "random_mean")  # the columns of the equal-sparsity table
 DEFAULT_DRAWS = 20
 MIN_DRAWS = 10
 DEFAULT_EXACT_MAX = 300
