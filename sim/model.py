@@ -293,8 +293,11 @@ class ParticleModel(mesa.Model):
                                  time.perf_counter() - started)  # fmt: skip
             self.record.add_events(step, events)
         last = step >= self.config.steps
-        if step % self.config.record.log_every == 0 or last:
-            self._log(step)
+        # the last step logs and snapshots whatever the intervals, but leaves the state as a longer run has it there,
+        # so that the run extends (`--resume --steps`) exactly as if it had been started with more steps
+        logs = step % self.config.record.log_every == 0
+        if logs or last:
+            self._log(step, restart=logs)
         if step % self.config.record.snapshot_every == 0 or last:
             self._snapshot(step)
         if last:
@@ -324,15 +327,17 @@ class ParticleModel(mesa.Model):
         self._gate_count = 0
         self.sr_active = self.task.gate_open(mean, self._gate_threshold())
 
-    def _log(self, step: int) -> None:
-        """Classify, log per-particle state, flush the record."""
+    def _log(self, step: int, restart: bool = True) -> None:
+        """Classify, log per-particle state, flush the record; with `restart`, the running train metric starts over
+        (a log of the last step off the log interval keeps it running, as a longer run does)."""
         with torch.no_grad():
             kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
         # the mean train metric since the last log (NaN at step 0, before any training)
         running = float(self._metric_sum) / self._metric_count if self._metric_count else float("nan")
-        self._metric_sum.zero_()
-        self._metric_count = 0
+        if restart:
+            self._metric_sum.zero_()
+            self._metric_count = 0
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),
