@@ -28,7 +28,16 @@ from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
 from sim.config import DTYPES, Config, ConfigError, from_dict
 from sim.organism import Organism
 from sim.particles import KIND_COLOURS, KIND_LABELS, KIND_NAMES, ParticleSpec, apply, classify, effective_weights
-from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group, resolve_inside
+from sim.record import (
+    RecordError,
+    bound_checkpoint,
+    group_length,
+    open_record,
+    read_attrs,
+    read_group,
+    resolve_inside,
+    verify_record,
+)
 from sim.tasks import METRICS, DataError, Metric, Task, make_task
 
 # A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
@@ -148,7 +157,7 @@ class Run:
         if self._weights is None:
             checkpoint = resolve_inside(self.run_dir, str(self.attrs.get("checkpoint", "checkpoint.pt")))
             if checkpoint.is_file():
-                state = load_checkpoint(checkpoint)
+                state = bound_checkpoint(self.run_dir, checkpoint)  # refused unless it is this run's
                 try:
                     weights, step = state["weights"], int(state["step"])
                 except (KeyError, TypeError) as exc:
@@ -239,9 +248,11 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (or its `run.h5`); RecordError if it is not a readable record of a known schema."""
+    """Read a run directory (or its `run.h5`); RecordError if it is not a readable, undamaged record of a known
+    schema."""
     path = Path(run_dir)
     with open_record(path) as f:
+        verify_record(f, path)  # every row reads back and its kind codes are known, before any analysis starts
         try:
             attrs = read_attrs(f)
             config = from_dict(attrs["config"])
@@ -414,6 +425,16 @@ def run_script(
     return cli(prog, parser, action, argv)
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """UsageError, before anything is read or written, for an `--out` (a directory) that names an existing file or a
+    `--json` (a file) that names an existing directory."""
+    out, numbers = getattr(args, "out", None), getattr(args, "json", None)
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out!r} is an existing file, not a directory")
+    if isinstance(numbers, str) and Path(numbers).is_dir():
+        raise UsageError(f"--json {numbers!r} is a directory, not a file")
+
+
 def cli(
     prog: str, parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], list[str]],
     argv: list[str] | None,
@@ -428,10 +449,14 @@ def cli(
     torch.set_num_threads(1)
     try:
         args = parser.parse_args(argv)
+        check_output_paths(args)
         set_figure_format(getattr(args, "figure_format", "png"))
         lines = action(args)
     except (UsageError, RecordError, AnalysisError) as exc:
         return error_exit(prog, exc)
+    except OSError as exc:  # a place that cannot be written (read-only, a file on the path, a full disk)
+        where = f"{str(exc.filename)!r}: " if exc.filename else ""
+        return error_exit(prog, OSError(f"cannot write {where}{exc.strerror or exc}"))
     finally:
         torch.set_num_threads(threads)
     for line in lines:
