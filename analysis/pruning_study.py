@@ -409,7 +409,7 @@ def aggregate(name: str, trained: list[Trained], runs: list[dict[str, Any]]) -> 
         paper_figure=PaperFigure(
             full_values, [r["sr"]["all"] for r in runs], [r["at"]["own"]["l1"] for r in runs],
             [r["at"]["own"]["magnitude"] for r in runs], [r["sr"]["other"] for r in runs],
-        ) if organism and PAPER_METHODS <= set(runs[0]["at"]["own"]) else None,
+        ) if organism and set(runs[0]["at"]["own"]) >= PAPER_METHODS else None,
         finetuned=_aggregate_part(runs, "finetuned", full) if "finetuned" in runs[0] else None,
     )  # fmt: skip
 
