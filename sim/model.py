@@ -19,6 +19,7 @@ from typing import Any
 import mesa
 import networkx as nx
 import numpy as np
+import pandas as pd
 import torch
 from mesa.discrete_space import Network
 
@@ -89,6 +90,14 @@ class LogCollector(mesa.DataCollector):
         for values in self.model_vars.values():
             values.extend([values[-1] if values else None] * (model.steps - 1 - len(values)))
         super().collect(model)
+
+    def get_model_vars_dataframe(self) -> pd.DataFrame:
+        """One row per step, indexed by the step (from 1), so Mesa's plots put each number at its step. The rows that
+        every reporter has: a page's plot reads this while another thread may be collecting."""
+        columns = {name: list(values) for name, values in self.model_vars.items()}
+        rows = min((len(values) for values in columns.values()), default=0)
+        index = pd.RangeIndex(1, rows + 1, name="step")
+        return pd.DataFrame({name: values[:rows] for name, values in columns.items()}, index=index)
 
 
 def _logged(name: str, model: ParticleModel) -> float:

@@ -163,6 +163,7 @@ def _start_together(jobs: list[tuple[list[str], Path]]) -> list[int]:
     return [proc.exitcode for proc in procs]
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_twenty_pairs_of_writers_started_together_never_lose_a_run_or_a_row(tmp_path):
     jobs = []
     for pair in range(20):
@@ -197,6 +198,7 @@ def test_twenty_pairs_of_writers_started_together_never_lose_a_run_or_a_row(tmp_
     assert_same_rows(tmp_path / "pair0", reference)
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_two_resumes_of_one_run_started_together_lose_nothing(tmp_path):
     reference = tmp_path / "reference"
     assert main([*FAST, "--steps", "200", "--out", str(reference)]) == 0
@@ -211,6 +213,7 @@ def test_two_resumes_of_one_run_started_together_lose_nothing(tmp_path):
         assert_same_rows(tmp_path / f"run{i}", reference)
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_second_writer_is_refused_naming_the_holder_and_errors_remove_only_their_own_files(tmp_path):
     run_dir = tmp_path / "held"
     with RunDir.claim(run_dir, new=True):
@@ -241,6 +244,7 @@ def _file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_write_that_fails_mid_run_stops_on_one_line_and_keeps_every_committed_row(tmp_path):
     run_dir = tmp_path / "run"
     args = [*FAST, "--steps", "3000", "--seed", "3", "--set", "record.snapshot_every=500"]
@@ -478,6 +482,7 @@ def test_a_resume_may_choose_its_device_and_threads_anew(tmp_path, capsys):
 
 
 # --- 7. SIGTERM and SIGINT: finish the step, flush, checkpoint, exit 143/130 -----------------------------------------
+@pytest.mark.slow  # starts sim.run processes
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_checkpoints_and_resume_is_bit_identical(tmp_path, signum, status):
     args = [*FAST, "--steps", "4000", "--seed", "5", "--set", "record.snapshot_every=1000"]
@@ -505,6 +510,7 @@ def test_a_stop_signal_checkpoints_and_resume_is_bit_identical(tmp_path, signum,
     assert torch.equal(resumed["weights"], uninterrupted["weights"])
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_second_signal_exits_at_once_without_a_traceback_and_keeps_a_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *FAST, "--steps", "100000", "--out", str(run_dir)],

@@ -140,6 +140,7 @@ def soup_end(seed: int, *overrides: tuple[str, object]) -> dict[str, int]:
     return model.summary["kind_counts"]
 
 
+@pytest.mark.slow  # four soups of 300 steps: a study, not a unit
 def test_the_default_soup_keeps_self_replicators_where_the_old_one_collapses_to_zero():
     default = build_config(overrides=[("mode", "soup")]).events
     assert default.respawn_zero and default.attack == default.melt == 0.005  # what the scaled soups below stand for
