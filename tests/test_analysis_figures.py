@@ -13,6 +13,7 @@ import pytest
 from helpers import one_line_error
 
 from analysis import connectivity, robustness, specialisation, trajectories
+from sim.record import GROUPS, ROWS_NAME
 
 
 def run_cli(main: Callable[[list[str]], int], run_dir: Path, tmp: Path, *extra: str) -> tuple[dict[str, Any], Path]:
@@ -42,11 +43,13 @@ def edited_copy(run_dir: Path, dest: Path, edit: Callable[[h5py.File], None]) ->
 
 
 def truncate(group: str, rows: int) -> Callable[[h5py.File], None]:
-    """An edit that cuts every dataset of `group` to its first `rows` rows (a record early in its run)."""
+    """An edit that cuts every dataset of `group` to its first `rows` rows (a record early in its run: its writer has
+    committed just those rows)."""
 
     def edit(f: h5py.File) -> None:
         for dataset in f[group].values():
             dataset.resize(rows, axis=0)
+        f[ROWS_NAME][GROUPS.index(group)] = rows
 
     return edit
 

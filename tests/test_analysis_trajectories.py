@@ -98,6 +98,7 @@ def test_non_finite_particles_are_left_out_and_counted(arithmetic_run, tmp_path)
 
 def test_one_snapshot_gives_points_and_none_is_one_line_and_status_2(arithmetic_run, tmp_path, capsys):
     copy = edited_copy(arithmetic_run, tmp_path / "one", truncate("snapshots", 1))
+    (copy / "checkpoint.pt").unlink()  # a record this early has no checkpoint yet (the run's counts 11 snapshots)
     numbers, out = run_cli(main, copy, tmp_path / "one-out")
     assert numbers["n_snapshots"] == 1 and numbers["movement_per_step_last"] == {}
     assert set(numbers["path_length"].values()) == {0.0}  # a single point has no length
