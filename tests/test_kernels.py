@@ -64,6 +64,25 @@ def test_sr_kernel_is_bit_for_bit_the_same_at_any_thread_count():
     assert torch.equal(w1, w2) and torch.equal(b1, b2) and torch.equal(f1, f2)
 
 
+def test_task_update_is_bit_for_bit_the_same_at_any_thread_count():
+    """One thread runs the serial kernel, two the parallel one: the same body, the same bits."""
+    spec = ParticleSpec(5, 5)
+    start = bank(1000, spec, torch.float32, seed=5)
+    upstream = torch.randn(1000, generator=torch.Generator().manual_seed(6))  # [P]
+    results = []
+    try:
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            weights, buffer = start.clone(), torch.full_like(start, 0.01)
+            for _ in range(3):
+                task_sgd_(weights, buffer, upstream, spec, lr=0.004, momentum=0.9)
+            results.append((weights, buffer))
+    finally:
+        kernels.set_threads(1)
+    (w1, b1), (w2, b2) = results
+    assert torch.equal(w1, w2) and torch.equal(b1, b2) and not torch.equal(w1, start)
+
+
 @pytest.mark.parametrize(("k", "h"), SHAPES)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_task_update_is_autograd_through_the_effective_weights_and_torch_sgd(k, h, momentum):
@@ -121,6 +140,35 @@ def test_log_quantities_match_classify_sr_loss_and_effective_weights(dtype):
     torch.testing.assert_close(loss[finite], sr_loss(weights, spec)[finite], **tol)
     torch.testing.assert_close(effective[finite], effective_weights(weights, spec)[finite], **tol)
     assert not torch.isfinite(loss[~finite]).any()
+
+
+@pytest.mark.parametrize(("k", "h"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_log_quantities_are_the_kernels_bit_for_bit(k, h, dtype):
+    """The NumPy form of the log kernel (a small bank's first log, before numba loads) gives the same bits."""
+    spec = ParticleSpec(k, h)
+    weights = torch.cat([mixed_bank(spec), bank(100, spec, torch.float64, seed=k * h)]).to(dtype).numpy()
+    pos = particles.positions(spec, dtype=dtype).T.contiguous().numpy()  # [3, n]
+    kernels._shape_kernels(k, h)  # loaded: the public functions take the kernels
+    eps = particles.KIND_EPS
+    expected = (*kernels.log_quantities(weights, k, h, pos, eps), kernels.effective_weights(weights, k, h))
+    found = (*kernels.log_quantities_numpy(weights, k, h, pos, eps), kernels.effective_weights_numpy(weights, k, h))
+    for got, want in zip(found, expected, strict=True):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert set(found[0][:5].tolist()) == {SELF_REPLICATOR, SELF_REPLICATOR_2ND, ZERO, DIVERGENT}
+
+
+def test_a_small_bank_logs_without_loading_its_kernels(monkeypatch):
+    """The kernels of a shape load on its first training step; a log before that runs in NumPy."""
+    monkeypatch.setattr(kernels, "_loaded", {})
+    spec = ParticleSpec(5, 3)
+    weights = bank(18, spec, torch.float32, seed=7)
+    kind, loss, effective = log_quantities(weights, spec)
+    assert kernels._loaded == {}
+    torch.testing.assert_close(effective, kernel_effective_weights(weights, spec), rtol=0, atol=0)
+    sr_train_(weights.clone(), torch.zeros_like(weights), spec, 1, lr=0.004, momentum=0.9)
+    assert list(kernels._loaded) == [(5, 3)]
+    assert [t.tolist() for t in log_quantities(weights, spec)] == [kind.tolist(), loss.tolist(), effective.tolist()]
 
 
 def test_generated_sr_source_leaves_out_the_zero_positions():
