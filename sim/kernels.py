@@ -33,24 +33,35 @@ NUMPY_LOG_LIMIT = 20_000
 
 
 _threads: int | None = None  # set_threads' count, applied when numba loads; None: numba's default (every core)
+_numba_module: ModuleType | None = None  # numba, once configured
 
 
-def _numba():
-    import numba  # on first use only: importing numba costs ~0.5 s of startup
+def _numba() -> ModuleType:
+    """numba, imported and configured on first use (importing it costs ~0.5 s of startup)."""
+    global _numba_module
+    if _numba_module is None:
+        import numba
 
-    # numba's default OpenMP layer kills a process forked after its first parallel kernel (GNU OpenMP is not
-    # fork-safe; sweep workers and tests fork); the workqueue layer forks safely and every caller is one thread
-    numba.config.THREADING_LAYER = "workqueue"
+        # numba's default OpenMP layer kills a process forked after its first parallel kernel (GNU OpenMP is not
+        # fork-safe; sweep workers and tests fork); the workqueue layer forks safely and every caller is one thread
+        numba.config.THREADING_LAYER = "workqueue"
+        _numba_module = numba
+        _apply_threads()
+    return _numba_module
+
+
+def _apply_threads() -> None:
     if _threads is not None:
-        numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
-    return numba
+        _numba_module.set_num_threads(max(1, min(_threads, _numba_module.config.NUMBA_NUM_THREADS)))
 
 
 def set_threads(n: int) -> None:
     """Use `n` threads in the kernels (at most the cores numba saw at import), now or when numba loads."""
     global _threads
     _threads = n
-    if "numba" in sys.modules:
+    if _numba_module is not None:
+        _apply_threads()
+    elif "numba" in sys.modules:
         _numba()
 
 
@@ -101,7 +112,8 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
 
     The kernel `sr_steps(bank, buf_bank, pos, gram, consts, n_steps, losses)` runs `n_steps` SGD-with-momentum steps
     (`b = momentum * b + grad; w = w - lr * b`) on the SR loss, in place on `bank` and `buf_bank` `[P, n]`, and writes
-    each particle's SR loss before the first step (times n, clamped at 0) to `losses [P]`. `consts` is
+    each particle's SR loss before the first step (times n, clamped at 0) to `losses [P]`; `sr_losses(bank, pos, gram,
+    consts, losses)` writes the same losses without a step. `consts` is
     `(0, 1, 2, lr, momentum, scale)` in the bank's dtype, `scale = 2 alpha / n`. The gradient is the hand-derived one
     of `sim.particles._linear_sr_steps`: with `t = W3 W2`, `v = t W1` and `q = dL/dv`, `dW1 = t^T q`,
     `dW2 = W3^T dt`, `dW3 = dt W2^T` with `dt = q W1^T`.
@@ -145,15 +157,8 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
     ]
     body = [f"w{j} = w[{j * B} + i]" for j in range(n)]
     body += [f"b{j} = w[{(n + j) * B} + i]" for j in range(n)]
-    body += [f"t{b} = " + _tree([f"{w3(a)} * {w2(a, b)}" for a in range(h)]) for b in range(h)]
-    body += [f"v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
-    body += ["shrink = v0 - one", "norm2 = " + _tree([f"w{j} * w{j}" for j in range(n)])]
-    body += [f"cross{d} = " + _tree([f"p{d}_{j} * w{j}" for j in nonzero[d]]) for d in range(3)]
-    body += ["shift_cross = " + _tree([f"v{d + 1} * cross{d}" for d in range(3)])]
-    body += [f"gram_shift{d} = " + _tree([f"g{d}{e} * v{e + 1}" for e in range(3)]) for d in range(3)]
+    body += _sr_loss_lines(k, h, nonzero)
     body += [
-        "loss = norm2 * shrink * shrink + two * shrink * shift_cross + "
-        + _tree([f"v{d + 1} * gram_shift{d}" for d in range(3)]),
         f"w[{loss_row} + i] = loss if step == 0 else w[{loss_row} + i]",
         "q0 = (norm2 * shrink + shift_cross) * scale",
     ]
@@ -181,8 +186,39 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
         f"                    bank[s + i, j] = w[j * {B} + i]",
         f"                    buf_bank[s + i, j] = w[({n} + j) * {B} + i]",
         "",
+        "",
+        # serial: a pass over a bank whose task trains alone (the gate closed), ~50 ns a particle
+        "@numba.njit(cache=True, nogil=True)",
+        "def sr_losses(bank, pos, gram, consts, losses):",
+        "    zero, one, two = consts[0], consts[1], consts[2]",
+        *[f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]],
+        *[f"    g{d}{e} = gram[{d}, {e}]" for d in range(3) for e in range(3)],
+        "    for row in range(bank.shape[0]):",
+        *[f"        w{j} = bank[row, {j}]" for j in range(n)],
+        *[f"        {line}" for line in _sr_loss_lines(k, h, nonzero)],
+        "        losses[row] = zero if loss < zero else loss",
+        "",
     ]
     return "\n".join(lines)
+
+
+def _sr_loss_lines(k: int, h: int, nonzero: list[list[int]]) -> list[str]:
+    """Straight-line code for one particle's SR loss times n, `loss`, from its weights `w0, w1, ...` (positions
+    `p{d}_{j}`, their Gram matrix `g{d}{e}`): the quadratic form of `sim.particles.sr_loss` in `(v0 - 1, v[1:4])`,
+    `v = t W1`, `t = W3 W2`; it leaves `t`, `v`, `shrink`, `norm2`, `cross`, `shift_cross`, `gram_shift` for the
+    gradient."""
+    n = k * h + h * h + h
+    w1, w2, w3 = _weight_names(k, h)
+    lines = [f"t{b} = " + _tree([f"{w3(a)} * {w2(a, b)}" for a in range(h)]) for b in range(h)]
+    lines += [f"v{c} = " + _tree([f"t{b} * {w1(b, c)}" for b in range(h)]) for c in range(4)]
+    lines += ["shrink = v0 - one", "norm2 = " + _tree([f"w{j} * w{j}" for j in range(n)])]
+    lines += [f"cross{d} = " + _tree([f"p{d}_{j} * w{j}" for j in nonzero[d]]) for d in range(3)]
+    lines += ["shift_cross = " + _tree([f"v{d + 1} * cross{d}" for d in range(3)])]
+    lines += [f"gram_shift{d} = " + _tree([f"g{d}{e} * v{e + 1}" for e in range(3)]) for d in range(3)]
+    return lines + [
+        "loss = norm2 * shrink * shrink + two * shrink * shift_cross + "
+        + _tree([f"v{d + 1} * gram_shift{d}" for d in range(3)])
+    ]
 
 
 def _effective_lines(k: int, h: int) -> list[str]:
@@ -378,6 +414,7 @@ _loaded: dict[tuple[int, int], ModuleType] = {}  # the compiled kernels of every
 def _shape_kernels(k: int, h: int) -> ModuleType:
     """The compiled kernels of particles of shape (k, h): the generated module, loaded (and compiled once)."""
     if (k, h) not in _loaded:
+        _numba()  # configured before the generated module imports it
         pos = _positions(k, h)
         _loaded[k, h] = _load_generated(f"shape_k{k}_h{h}", sr_source(k, h, pos) + per_particle_source(k, h, pos))
     return _loaded[k, h]
@@ -413,6 +450,17 @@ def sr_steps_(
     P = weights.shape[0]
     kernel(weights, momentum_buffer, pos, gram, consts, n_steps, losses, _chunks(-(-P // SR_BLOCK)))
     return float(losses.sum(dtype=np.float64)) / max(P, 1) / weights.shape[1]
+
+
+def mean_sr_loss(weights: np.ndarray, k: int, h: int, pos: np.ndarray) -> float:
+    """The mean SR loss of a linear bank `[P, n]` as `sr_steps_` reports it before its first step (the same bits),
+    without training; `pos` `[3, n]` in the bank's dtype."""
+    dtype = weights.dtype
+    pos = np.ascontiguousarray(pos, dtype=dtype)
+    losses = np.empty(weights.shape[0], dtype=dtype)
+    consts = np.array([0.0, 1.0, 2.0], dtype=dtype)
+    _shape_kernels(k, h).sr_losses(weights, pos, pos @ pos.T, consts, losses)
+    return float(losses.sum(dtype=np.float64)) / max(weights.shape[0], 1) / weights.shape[1]
 
 
 # --- effective weights, the task step's update, the log quantities ---------------------------------------------------

@@ -34,6 +34,7 @@ from sim.particles import (
     init_weights,
     kernel_effective_weights,
     log_quantities,
+    mean_sr_loss,
     sr_loss,
     sr_train_,
     uses_kernels,
@@ -267,8 +268,7 @@ class ParticleModel(mesa.Model):
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
         if not self.sr_active or train.n_sr == 0:
-            with torch.no_grad():
-                return sr_loss(self.weights.detach(), self.spec).mean()
+            return mean_sr_loss(self.weights, self.spec)
         buffer = self.task_momentum if train.sr_optimizer == "shared" else self.sr_momentum
         if train.sr_optimizer == "fresh":
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
@@ -296,7 +296,8 @@ class ParticleModel(mesa.Model):
         if not self.sr_active:
             self._update_gate(step, metric.detach())
         events = self._events()
-        self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
+        if events.numel():
+            self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip

@@ -210,6 +210,18 @@ def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
 
 
 @torch.no_grad()
+def mean_sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """The bank's mean SR loss, a 0-d tensor: for a linear CPU bank from the compiled kernel, the same bits `sr_train_`
+    reports before its first step; otherwise `sr_loss(weights, spec).mean()`."""
+    weights = weights.detach()
+    if not uses_kernels(weights, spec):
+        return sr_loss(weights, spec).mean()
+    pos = positions(spec, dtype=weights.dtype).T.contiguous()  # [3, n]
+    mean = kernels.mean_sr_loss(weights.numpy(), spec.weight_interface, spec.hidden, pos.numpy())
+    return torch.as_tensor(mean, dtype=weights.dtype)
+
+
+@torch.no_grad()
 def sr_train_(
     weights: torch.Tensor,
     momentum_buffer: torch.Tensor,
@@ -231,7 +243,7 @@ def sr_train_(
     if not spec.linear:
         return _sr_train_autograd_(weights, momentum_buffer, spec, n_steps, lr, momentum, alpha)
     if n_steps == 0:
-        return sr_loss(weights, spec).mean()
+        return mean_sr_loss(weights, spec)
     P = weights.shape[0]
     pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
     cpu = weights.device.type == "cpu"

@@ -18,6 +18,7 @@ from sim.particles import (
     init_weights,
     kernel_effective_weights,
     log_quantities,
+    mean_sr_loss,
     sr_loss,
     sr_train_,
     task_sgd_,
@@ -46,6 +47,19 @@ def test_sr_kernel_matches_the_numpy_reference(k, h, dtype, monkeypatch):
     torch.testing.assert_close(fused_buf, ref_buf, **tol)
     torch.testing.assert_close(first.double(), expected.double(), **tol)
     assert not torch.equal(fused, start)
+
+
+@pytest.mark.parametrize(("k", "h"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_sr_loss_is_what_the_sr_steps_report_first(k, h, dtype):
+    """Without training (the gate closed) the kernel reports the SR loss the SR steps would report, to the bit."""
+    spec = ParticleSpec(k, h)
+    start = bank(70, spec, dtype, seed=k + 2 * h)
+    mean = mean_sr_loss(start, spec)
+    first = sr_train_(start.clone(), torch.zeros_like(start), spec, 3, lr=0.05, momentum=0.9)
+    assert mean.dtype == first.dtype == dtype and mean.item() == first.item()
+    tol = {"rtol": 1e-10, "atol": 0} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 0}
+    torch.testing.assert_close(mean, sr_loss(start, spec).mean(), **tol)
 
 
 def test_sr_kernel_is_bit_for_bit_the_same_at_any_thread_count():
