@@ -67,7 +67,7 @@ def set_threads(n: int) -> None:
 
 def _chunks(n_items: int) -> int:
     """How many pieces the threads split `n_items` blocks or particles into: one per thread, at most one per item."""
-    return max(1, min(n_items, _numba().get_num_threads()))
+    return max(1, min(n_items, _numba().get_num_threads())) if n_items > 1 else 1
 
 
 # --- the SR steps ----------------------------------------------------------------------------------------------------
@@ -78,6 +78,20 @@ def _tree(terms: list[str]) -> str:
     while len(terms) > 1:
         terms = [f"({terms[i]} + {terms[i + 1]})" if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+PARALLEL = "@numba.njit(parallel=True, cache=True, nogil=True)"
+
+
+def _parallel_and_serial(function: list[str]) -> list[str]:
+    """A generated kernel (decorated with `PARALLEL`, its loop over pieces a `numba.prange`) and its serial copy,
+    named `<name>_serial`: the same body in a plain loop, for one thread, where the parallel launch alone costs
+    tens of microseconds a call (the whole SR block of a small organism takes a few hundred)."""
+    assert function[0] == PARALLEL and function[1].startswith("def ")
+    name = function[1][4 : function[1].index("(")]
+    serial = ["@numba.njit(cache=True, nogil=True)", function[1].replace(f"def {name}(", f"def {name}_serial(", 1)]
+    serial += [line.replace("numba.prange(", "range(") for line in function[2:]]
+    return [*function, "", "", *serial]
 
 
 def sr_flops(k: int, h: int) -> int:
@@ -126,11 +140,7 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
 
     nonzero = [[j for j in range(n) if pos[d, j] != 0] for d in range(3)]
     lines = [
-        "import numba",
-        "import numpy as np",
-        "",
-        "",
-        "@numba.njit(parallel=True, cache=True, nogil=True)",
+        PARALLEL,
         "def sr_steps(bank, buf_bank, pos, gram, consts, n_steps, losses, n_chunks):",
         "    P = bank.shape[0]",
         f"    n_blocks = (P + {B - 1}) // {B}",
@@ -185,6 +195,9 @@ def sr_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) -> str:
         f"                for j in range({n}):",
         f"                    bank[s + i, j] = w[j * {B} + i]",
         f"                    buf_bank[s + i, j] = w[({n} + j) * {B} + i]",
+    ]
+    lines = ["import numba", "import numpy as np", "", "", *_parallel_and_serial(lines)]
+    lines += [
         "",
         "",
         # serial: a pass over a bank whose task trains alone (the gate closed), ~50 ns a particle
@@ -313,19 +326,19 @@ def per_particle_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) 
         "        out[p] = a",
         "",
         "",
-        "@numba.njit(parallel=True, cache=True, nogil=True)",
-        "def task_sgd(bank, buf_bank, upstream, lr, mom):",
-        "    for p in numba.prange(bank.shape[0]):",
-        *[f"        {line}" for line in sgd_body],
+        *_parallel_and_serial(
+            [
+                PARALLEL,
+                "def task_sgd(bank, buf_bank, upstream, lr, mom):",
+                "    for p in numba.prange(bank.shape[0]):",
+                *[f"        {line}" for line in sgd_body],
+            ]
+        ),
         "",
         "",
-        "@numba.njit(cache=True, nogil=True)",
-        "def task_sgd_serial(bank, buf_bank, upstream, lr, mom):",
-        "    for p in range(bank.shape[0]):",
-        *[f"        {line}" for line in sgd_body],
-        "",
-        "",
-        "@numba.njit(parallel=True, cache=True, nogil=True)",
+    ]
+    log = [
+        PARALLEL,
         "def log_quantities(bank, pos, consts, kind, loss, eff, n_chunks):",
         *[f"    p{d}_{j} = pos[{d}, {j}]" for d in range(3) for j in nonzero[d]],
         "    zero, one, two, three, four, eps, inv_n = (consts[0], consts[1], consts[2], consts[3], consts[4],",
@@ -350,9 +363,8 @@ def per_particle_source(k: int, h: int, pos: np.ndarray, block: int = SR_BLOCK) 
         f"                kind[s + i] = np.int8(w[{n * B} + i])",
         f"                loss[s + i] = w[{(n + 1) * B} + i]",
         f"                eff[s + i] = w[{(n + 2) * B} + i]",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_parallel_and_serial(log), ""])
 
 
 def numpy_log_source(k: int, h: int, pos: np.ndarray) -> str:
@@ -428,38 +440,48 @@ def _numpy_kernels(k: int, h: int) -> dict[str, Callable]:
     return namespace
 
 
+@cache
+def _bank_positions(k: int, h: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The positions `[3, n]` in a bank's dtype and their Gram matrix `pos pos^T` `[3, 3]`, made once."""
+    pos = np.ascontiguousarray(_positions(k, h), dtype=dtype)
+    return pos, pos @ pos.T
+
+
+def _chunks_or_serial(module: ModuleType, name: str, n_items: int) -> tuple[Callable, int]:
+    """The kernel `name` of `module` and the pieces its threads split `n_items` into; its serial copy for one piece."""
+    chunks = _chunks(n_items)
+    return getattr(module, name if chunks > 1 else f"{name}_serial"), chunks
+
+
 def sr_steps_(
     weights: np.ndarray,
     momentum_buffer: np.ndarray,
     k: int,
     h: int,
-    pos: np.ndarray,
     n_steps: int,
     lr: float,
     momentum: float,
     scale: float,
 ) -> float:
-    """`n_steps` fused SR steps on a linear bank `[P, n]` and its momentum buffer, in place (see `sr_source`); `pos`
-    `[3, n]` in the bank's dtype. Returns the mean SR loss before the first step."""
-    kernel = _shape_kernels(k, h).sr_steps
+    """`n_steps` fused SR steps on a linear bank `[P, n]` and its momentum buffer, in place (see `sr_source`).
+    Returns the mean SR loss before the first step."""
+    P = weights.shape[0]
+    kernel, chunks = _chunks_or_serial(_shape_kernels(k, h), "sr_steps", -(-P // SR_BLOCK))
     dtype = weights.dtype
     consts = np.array([0.0, 1.0, 2.0, lr, momentum, scale], dtype=dtype)
-    pos = np.ascontiguousarray(pos, dtype=dtype)
-    gram = pos @ pos.T  # [3, 3]
-    losses = np.empty(weights.shape[0], dtype=dtype)
-    P = weights.shape[0]
-    kernel(weights, momentum_buffer, pos, gram, consts, n_steps, losses, _chunks(-(-P // SR_BLOCK)))
+    pos, gram = _bank_positions(k, h, dtype)
+    losses = np.empty(P, dtype=dtype)
+    kernel(weights, momentum_buffer, pos, gram, consts, n_steps, losses, chunks)
     return float(losses.sum(dtype=np.float64)) / max(P, 1) / weights.shape[1]
 
 
-def mean_sr_loss(weights: np.ndarray, k: int, h: int, pos: np.ndarray) -> float:
+def mean_sr_loss(weights: np.ndarray, k: int, h: int) -> float:
     """The mean SR loss of a linear bank `[P, n]` as `sr_steps_` reports it before its first step (the same bits),
-    without training; `pos` `[3, n]` in the bank's dtype."""
+    without training."""
     dtype = weights.dtype
-    pos = np.ascontiguousarray(pos, dtype=dtype)
+    pos, gram = _bank_positions(k, h, dtype)
     losses = np.empty(weights.shape[0], dtype=dtype)
-    consts = np.array([0.0, 1.0, 2.0], dtype=dtype)
-    _shape_kernels(k, h).sr_losses(weights, pos, pos @ pos.T, consts, losses)
+    _shape_kernels(k, h).sr_losses(weights, pos, gram, np.array([0.0, 1.0, 2.0], dtype=dtype), losses)
     return float(losses.sum(dtype=np.float64)) / max(weights.shape[0], 1) / weights.shape[1]
 
 
@@ -485,8 +507,7 @@ def task_sgd_(
     """The task step's SGD-with-momentum update for linear particles, in place: `upstream [P]` is dL/da, the loss's
     gradient with respect to every particle's effective weight a, chained into W1, W2 and W3 in closed form."""
     dtype = weights.dtype.type
-    module = _shape_kernels(k, h)
-    kernel = module.task_sgd if _chunks(weights.shape[0]) > 1 else module.task_sgd_serial
+    kernel, _ = _chunks_or_serial(_shape_kernels(k, h), "task_sgd", weights.shape[0])
     kernel(weights, momentum_buffer, upstream, dtype(lr), dtype(momentum))
 
 
@@ -494,11 +515,9 @@ def _log_consts(dtype: np.dtype, eps: float, n: int) -> np.ndarray:
     return np.array([0, 1, 2, 3, 4, eps, 1.0 / n], dtype=dtype)
 
 
-def log_quantities_numpy(
-    weights: np.ndarray, k: int, h: int, pos: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def log_quantities_numpy(weights: np.ndarray, k: int, h: int, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`log_quantities` in NumPy (`numpy_log_source`): the same numbers, bit for bit, with no compiler."""
-    pos = np.ascontiguousarray(pos, dtype=weights.dtype)
+    pos, _ = _bank_positions(k, h, weights.dtype)
     consts = _log_consts(weights.dtype, eps, weights.shape[1])
     with np.errstate(all="ignore"):  # divergent particles overflow, as they do silently in the kernel
         return _numpy_kernels(k, h)["log_quantities"](np.ascontiguousarray(weights.T), pos, consts)
@@ -510,18 +529,16 @@ def effective_weights_numpy(weights: np.ndarray, k: int, h: int) -> np.ndarray:
         return _numpy_kernels(k, h)["effective"](np.ascontiguousarray(weights.T))
 
 
-def log_quantities(
-    weights: np.ndarray, k: int, h: int, pos: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def log_quantities(weights: np.ndarray, k: int, h: int, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Kind code (int8), SR loss and effective weight of every linear particle of a bank `[P, n]`, in one pass; the
     kinds are `sim.particles.classify`'s, the SR loss the mean of the self-application residuals squared."""
     P = weights.shape[0]
     if _without_compiler(P, k, h):
-        return log_quantities_numpy(weights, k, h, pos, eps)
+        return log_quantities_numpy(weights, k, h, eps)
+    kernel, chunks = _chunks_or_serial(_shape_kernels(k, h), "log_quantities", -(-P // SR_BLOCK))
     kind = np.empty(P, dtype=np.int8)
     loss = np.empty(P, dtype=weights.dtype)
     eff = np.empty(P, dtype=weights.dtype)
-    pos = np.ascontiguousarray(pos, dtype=weights.dtype)
-    consts = _log_consts(weights.dtype, eps, weights.shape[1])
-    _shape_kernels(k, h).log_quantities(weights, pos, consts, kind, loss, eff, _chunks(-(-P // SR_BLOCK)))
+    pos, _ = _bank_positions(k, h, weights.dtype)
+    kernel(weights, pos, _log_consts(weights.dtype, eps, weights.shape[1]), kind, loss, eff, chunks)
     return kind, loss, eff

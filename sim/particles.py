@@ -216,8 +216,7 @@ def mean_sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
     weights = weights.detach()
     if not uses_kernels(weights, spec):
         return sr_loss(weights, spec).mean()
-    pos = positions(spec, dtype=weights.dtype).T.contiguous()  # [3, n]
-    mean = kernels.mean_sr_loss(weights.numpy(), spec.weight_interface, spec.hidden, pos.numpy())
+    mean = kernels.mean_sr_loss(weights.numpy(), spec.weight_interface, spec.hidden)
     return torch.as_tensor(mean, dtype=weights.dtype)
 
 
@@ -245,15 +244,15 @@ def sr_train_(
     if n_steps == 0:
         return mean_sr_loss(weights, spec)
     P = weights.shape[0]
-    pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
     cpu = weights.device.type == "cpu"
     scale = 2.0 * alpha / spec.n_weights
     if cpu and CPU_ARRAYS == "numba":
         first = kernels.sr_steps_(
-            weights.detach().numpy(), momentum_buffer.numpy(), spec.weight_interface, spec.hidden, pos.numpy(),
-            n_steps, lr, momentum, scale,
+            weights.detach().numpy(), momentum_buffer.numpy(), spec.weight_interface, spec.hidden, n_steps, lr,
+            momentum, scale,
         )  # fmt: skip
         return torch.as_tensor(first, dtype=weights.dtype)
+    pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
     gram = pos @ pos.T  # [3, 3]
     chunk = SR_CHUNK if cpu else max(P, 1)
     numpy = cpu and CPU_ARRAYS == "numpy"
@@ -441,10 +440,8 @@ def task_sgd_(
 def log_quantities(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`classify`, `sr_loss` and `effective_weights` of a linear CPU bank in one pass of the compiled kernel: int8,
     float and float `[P]` (the SR loss as the mean squared self-application residual)."""
-    pos = positions(spec, dtype=weights.dtype).T.contiguous()  # [3, n]
-    kind, loss, effective = kernels.log_quantities(
-        weights.detach().numpy(), spec.weight_interface, spec.hidden, pos.numpy(), KIND_EPS
-    )
+    k, h = spec.weight_interface, spec.hidden
+    kind, loss, effective = kernels.log_quantities(weights.detach().numpy(), k, h, KIND_EPS)
     return torch.from_numpy(kind), torch.from_numpy(loss), torch.from_numpy(effective)
 
 

@@ -78,8 +78,8 @@ def test_sr_kernel_is_bit_for_bit_the_same_at_any_thread_count():
     assert torch.equal(w1, w2) and torch.equal(b1, b2) and torch.equal(f1, f2)
 
 
-def test_task_update_is_bit_for_bit_the_same_at_any_thread_count():
-    """One thread runs the serial kernel, two the parallel one: the same body, the same bits."""
+def test_task_update_and_log_are_bit_for_bit_the_same_at_any_thread_count():
+    """One thread runs the serial kernels, two the parallel ones: the same body, the same bits."""
     spec = ParticleSpec(5, 5)
     start = bank(1000, spec, torch.float32, seed=5)
     upstream = torch.randn(1000, generator=torch.Generator().manual_seed(6))  # [P]
@@ -90,11 +90,11 @@ def test_task_update_is_bit_for_bit_the_same_at_any_thread_count():
             weights, buffer = start.clone(), torch.full_like(start, 0.01)
             for _ in range(3):
                 task_sgd_(weights, buffer, upstream, spec, lr=0.004, momentum=0.9)
-            results.append((weights, buffer))
+            results.append((weights, buffer, *log_quantities(weights, spec)))
     finally:
         kernels.set_threads(1)
-    (w1, b1), (w2, b2) = results
-    assert torch.equal(w1, w2) and torch.equal(b1, b2) and not torch.equal(w1, start)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    assert not torch.equal(results[0][0], start)
 
 
 @pytest.mark.parametrize(("k", "h"), SHAPES)
@@ -162,11 +162,10 @@ def test_numpy_log_quantities_are_the_kernels_bit_for_bit(k, h, dtype):
     """The NumPy form of the log kernel (a small bank's first log, before numba loads) gives the same bits."""
     spec = ParticleSpec(k, h)
     weights = torch.cat([mixed_bank(spec), bank(100, spec, torch.float64, seed=k * h)]).to(dtype).numpy()
-    pos = particles.positions(spec, dtype=dtype).T.contiguous().numpy()  # [3, n]
     kernels._shape_kernels(k, h)  # loaded: the public functions take the kernels
     eps = particles.KIND_EPS
-    expected = (*kernels.log_quantities(weights, k, h, pos, eps), kernels.effective_weights(weights, k, h))
-    found = (*kernels.log_quantities_numpy(weights, k, h, pos, eps), kernels.effective_weights_numpy(weights, k, h))
+    expected = (*kernels.log_quantities(weights, k, h, eps), kernels.effective_weights(weights, k, h))
+    found = (*kernels.log_quantities_numpy(weights, k, h, eps), kernels.effective_weights_numpy(weights, k, h))
     for got, want in zip(found, expected, strict=True):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
     assert set(found[0][:5].tolist()) == {SELF_REPLICATOR, SELF_REPLICATOR_2ND, ZERO, DIVERGENT}
