@@ -3,8 +3,9 @@
 A `Run` is read from the HDF5 record alone (SWMR, so a run that is still being written reads consistently: every group
 is cut to the rows all its datasets hold) plus the checkpoint the record names. Nothing here re-runs training.
 
-Every analysis script is a module `analysis/NAME.py` with `analyse(run, out_dir, args) -> Result`, `add_options(parser)`
-and `main(argv=None) -> int` built from `run_parser` and `run_script`; `analysis.report` runs them all by name.
+Every analysis script is a module `analysis/NAME.py` with `analyse(run, out_dir, args) -> Result` (its own frozen
+subclass of `analysis.results.Result`, whose `to_json()` is what `--json` writes), `add_options(parser)` and
+`main(argv=None) -> int` built from `run_parser` and `run_script`; `analysis.report` runs them all by name.
 """
 
 from __future__ import annotations
@@ -22,16 +23,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from analysis.results import Result
 from sim.cli import Parser, UsageError, error_exit, headless_matplotlib
 from sim.config import DTYPES, Config, ConfigError, from_dict
 from sim.organism import Organism
 from sim.particles import KIND_COLOURS, KIND_LABELS, KIND_NAMES, ParticleSpec, apply, classify, effective_weights
-from sim.record import RecordError, group_length, load_checkpoint, open_record, read_attrs, read_group, resolve_inside
+from sim.record import (
+    RecordError,
+    bound_checkpoint,
+    group_length,
+    open_record,
+    read_attrs,
+    read_group,
+    resolve_inside,
+    verify_record,
+)
 from sim.tasks import METRICS, DataError, Metric, Task, make_task
 
 # A self-replicator is "pure" when it carries less than this share of what an average particle feeding the same neuron
 # carries (relative contribution, see `Contributions`); the report explains the choice.
 PURE_THRESHOLD = 0.01
+# the splits an analysis reads: choices (scores, the pure set, thresholds) on `validation`, reported metrics on `test`
+SPLITS = ("validation", "test")
 FIGURE_DPI = 110
 
 
@@ -144,7 +157,7 @@ class Run:
         if self._weights is None:
             checkpoint = resolve_inside(self.run_dir, str(self.attrs.get("checkpoint", "checkpoint.pt")))
             if checkpoint.is_file():
-                state = load_checkpoint(checkpoint)
+                state = bound_checkpoint(self.run_dir, checkpoint)  # refused unless it is this run's
                 try:
                     weights, step = state["weights"], int(state["step"])
                 except (KeyError, TypeError) as exc:
@@ -187,12 +200,23 @@ class Run:
         o = self.config.organism
         return Organism(self.sizes, self.spec, o.residual, o.activation)
 
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x, y)` of the task's split `name`: `validation` (for choices) or `test` (the held-out set, for reports)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
+        t = self.task
+        return (t.val_x, t.val_y) if name == "validation" else (t.test_x, t.test_y)
+
     @torch.no_grad()
+    def metric_on(self, weights: torch.Tensor, split: str) -> float:
+        """The task metric of the organism with bank `weights [P, n]` on `split`, evaluated in float64 on a float64
+        copy of the weights, so that the number does not depend on the rounding of the run's dtype."""
+        x, y = self.split(split)
+        return float(self.task.metric(self.organism.forward(weights.double(), x), y))
+
     def held_out(self, weights: torch.Tensor) -> float:
-        """The task metric of the organism with bank `weights [P, n]` on the held-out set, evaluated in float64 on a
-        float64 copy of the weights, so that the number does not depend on the rounding of the run's dtype."""
-        output = self.organism.forward(weights.double(), self.task.test_x)
-        return float(self.task.metric(output, self.task.test_y))
+        """The task metric of bank `weights [P, n]` on the held-out (test) split, as `metric_on`."""
+        return self.metric_on(weights, "test")
 
     @cached_property
     def metric_floor(self) -> float:
@@ -224,9 +248,11 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (or its `run.h5`); RecordError if it is not a readable record of a known schema."""
+    """Read a run directory (or its `run.h5`); RecordError if it is not a readable, undamaged record of a known
+    schema."""
     path = Path(run_dir)
     with open_record(path) as f:
+        verify_record(f, path)  # every row reads back and its kind codes are known, before any analysis starts
         try:
             attrs = read_attrs(f)
             config = from_dict(attrs["config"])
@@ -242,7 +268,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 @dataclass
 class Contributions:
-    """Task contribution of every particle on the held-out set (docs/science.md §5), arrays `[P]`.
+    """Task contribution of every particle on one split's inputs (docs/science.md §5), arrays `[P]`.
 
     `absolute` is the mean |carried value| (for linear particles |effective weight x input value|); `share` the
     fraction of its target neuron's summed absolute input it carries; `relative` = share x fan-in, so 1 is an
@@ -255,12 +281,13 @@ class Contributions:
 
 
 @torch.no_grad()
-def task_contributions(run: Run, weights: torch.Tensor) -> Contributions:
-    """Per-particle task contributions of bank `weights [P, n]` on the run's held-out inputs."""
+def task_contributions(run: Run, weights: torch.Tensor, split: str) -> Contributions:
+    """Per-particle task contributions of bank `weights [P, n]` on the inputs of the run's split `split` (`validation`
+    where the contributions choose what to prune, `test` where they describe the held-out behaviour)."""
     organism, spec = run.organism, run.spec
-    weights = weights.double()  # the held-out data are float64
+    weights = weights.double()  # the task's data are float64
     inputs: list[torch.Tensor] = []
-    organism.forward(weights, run.task.test_x, layer_inputs=inputs)
+    organism.forward(weights, run.split(split)[0], layer_inputs=inputs)
     source, target, layer_of = run.topology["source"], run.topology["target"], run.topology["layer"]
     absolute = np.zeros(run.n_particles)
     for layer, x in enumerate(inputs):
@@ -360,14 +387,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
 
 
-@dataclass
-class Result:
-    """What one analysis of one run produced: machine-readable numbers and the figures written."""
-
-    numbers: dict[str, Any]
-    figures: list[Path]
-
-
 # --- the command line --------------------------------------------------------------------------------------------
 
 
@@ -399,11 +418,21 @@ def run_script(
         result = analyse(run, out, args)
         lines = [f"figure: {path}" for path in result.figures]
         if args.json:
-            write_json(Path(args.json), result.numbers)
+            write_json(Path(args.json), result.to_json())
             lines.append(f"numbers: {args.json}")
         return lines
 
     return cli(prog, parser, action, argv)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """UsageError, before anything is read or written, for an `--out` (a directory) that names an existing file or a
+    `--json` (a file) that names an existing directory."""
+    out, numbers = getattr(args, "out", None), getattr(args, "json", None)
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out!r} is an existing file, not a directory")
+    if isinstance(numbers, str) and Path(numbers).is_dir():
+        raise UsageError(f"--json {numbers!r} is a directory, not a file")
 
 
 def cli(
@@ -420,10 +449,14 @@ def cli(
     torch.set_num_threads(1)
     try:
         args = parser.parse_args(argv)
+        check_output_paths(args)
         set_figure_format(getattr(args, "figure_format", "png"))
         lines = action(args)
     except (UsageError, RecordError, AnalysisError) as exc:
         return error_exit(prog, exc)
+    except OSError as exc:  # a place that cannot be written (read-only, a file on the path, a full disk)
+        where = f"{str(exc.filename)!r}: " if exc.filename else ""
+        return error_exit(prog, OSError(f"cannot write {where}{exc.strerror or exc}"))
     finally:
         torch.set_num_threads(threads)
     for line in lines:

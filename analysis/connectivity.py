@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from matplotlib.colors import LogNorm
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
-    Result,
     Run,
     kind_legend_handles,
     new_figure,
@@ -38,6 +38,7 @@ from analysis.common import (
     save_figure,
     task_contributions,
 )
+from analysis.results import Numbers, Result
 from sim.particles import DRAW_ORDER, SELF_REPLICATOR, effective_weights
 from sim.topology import organism_graph
 
@@ -47,7 +48,53 @@ GRAPH_MAX = 200
 CONTRIBUTION_RANGE = 1e-4  # the pixel-contribution colours span this factor below the largest; smaller is floored
 
 
-def kind_mixing(kinds: np.ndarray, edges: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class Mixing(Numbers):
+    """How one kind sits on the particle graph."""
+
+    neighbour_same_kind: float  # share of its particles' neighbours of the same kind (NaN if it has no neighbours)
+    overall_fraction: float  # its share of all particles (equal to the above when placed at random)
+
+
+@dataclass(frozen=True)
+class LayerCounts(Numbers):
+    """The final kinds of one layer."""
+
+    n_particles: int
+    kind_counts: dict[str, int]  # kind name -> particles
+
+
+@dataclass(frozen=True)
+class PixelMap(Numbers):
+    """Per pixel of an MNIST organism, maps `[side, side]`, and the intensities its input particles read."""
+
+    side: int
+    n_input_particles: int
+    n_input_self_replicators: int
+    mean_intensity_self_replicators: float | None  # mean training intensity of the pixels they read
+    mean_intensity_others: float | None  # the same for the other input particles
+    intensity_ratio_others_to_self_replicators: float | None
+    pixels_all_self_replicators: int  # pixels whose every outgoing particle is a self-replicator
+    pixels_without_self_replicators: int
+    mean_digit: np.ndarray  # mean training intensity
+    sr_share: np.ndarray  # share of the pixel's outgoing particles that are self-replicators
+    task_contribution: np.ndarray  # summed contribution of its particles on the test split
+
+
+@dataclass(frozen=True)
+class ConnectivityResult(Result):
+    """Where the kinds sit in the network at the end of a run."""
+
+    mode: str
+    final_step: int
+    weights_source: str  # `checkpoint` or `snapshot`
+    kind_counts: dict[str, int]  # kind name -> particles at the end
+    per_layer: dict[str, LayerCounts] | None  # layer index -> its kinds; None for a soup
+    kind_mixing: dict[str, Mixing]  # kind name -> its mixing over the particle graph
+    pixel_map: PixelMap | None  # MNIST organisms reading `image_side`^2 pixels; None otherwise
+
+
+def kind_mixing(kinds: np.ndarray, edges: np.ndarray, names: list[str]) -> dict[str, Mixing]:
     """For every kind present: the fraction of its particles' neighbours (over the particle graph `edges [E, 2]`) that
     have the same kind, beside that kind's share of all particles (equal when kinds are placed at random)."""
     ends = np.concatenate([edges, edges[:, ::-1]])  # [2E, 2]: every undirected edge seen from both ends
@@ -55,18 +102,18 @@ def kind_mixing(kinds: np.ndarray, edges: np.ndarray, names: list[str]) -> dict[
     for code in np.unique(kinds):
         mine = kinds[ends[:, 0]] == code
         same = float((kinds[ends[mine, 1]] == code).mean()) if mine.any() else float("nan")
-        out[names[code]] = {"neighbour_same_kind": same, "overall_fraction": float((kinds == code).mean())}
+        out[names[code]] = Mixing(same, float((kinds == code).mean()))
     return out
 
 
-def layer_kind_counts(run: Run, kinds: np.ndarray) -> dict[str, dict[str, Any]]:
+def layer_kind_counts(run: Run, kinds: np.ndarray) -> dict[str, LayerCounts]:
     """Kind counts of the final kinds `[P]` in every layer, keyed by the layer index."""
     names = run.kind_names
     return {
-        str(layer): {
-            "n_particles": int((run.layers == layer).sum()),
-            "kind_counts": dict(zip(names, np.bincount(kinds[run.layers == layer], minlength=len(names)).tolist())),
-        }
+        str(layer): LayerCounts(
+            int((run.layers == layer).sum()),
+            dict(zip(names, np.bincount(kinds[run.layers == layer], minlength=len(names)).tolist())),
+        )
         for layer in np.unique(run.layers)
     }
 
@@ -78,7 +125,7 @@ def has_pixel_map(run: Run) -> bool:
 
 
 @torch.no_grad()
-def pixel_map(run: Run, weights: torch.Tensor, kinds: np.ndarray) -> dict[str, Any]:
+def pixel_map(run: Run, weights: torch.Tensor, kinds: np.ndarray) -> PixelMap:
     """Per pixel of an MNIST organism: mean training intensity, share of its outgoing particles that are
     self-replicators, summed task contribution of those particles (mean |effective weight x pixel value| on the
     held-out set, `analysis.common.task_contributions`; all three `[side, side]`); and the mean intensity of the pixel
@@ -90,63 +137,54 @@ def pixel_map(run: Run, weights: torch.Tensor, kinds: np.ndarray) -> dict[str, A
     intensity = run.task.train_x.double().mean(dim=0).numpy()  # [side^2]
     fan_out = np.bincount(pixel, minlength=side * side)
     share = np.bincount(pixel, weights=replicator.astype(float), minlength=side * side) / np.maximum(fan_out, 1)
-    contribution = task_contributions(run, weights).absolute[first]  # [P_0]
+    contribution = task_contributions(run, weights, "test").absolute[first]  # [P_0]
     carried = np.bincount(pixel, weights=contribution, minlength=side * side)
     read = intensity[pixel]  # [P_0]: mean intensity read by every input particle
     sr_mean = float(read[replicator].mean()) if replicator.any() else None
     other_mean = float(read[~replicator].mean()) if (~replicator).any() else None
     ratio = other_mean / sr_mean if sr_mean and other_mean is not None else None
-    return {
-        "side": side,
-        "n_input_particles": len(first),
-        "n_input_self_replicators": int(replicator.sum()),
-        "mean_intensity_self_replicators": sr_mean,
-        "mean_intensity_others": other_mean,
-        "intensity_ratio_others_to_self_replicators": ratio,
-        "pixels_all_self_replicators": int((share == 1).sum()),
-        "pixels_without_self_replicators": int((share == 0).sum()),
-        "mean_digit": intensity.reshape(side, side),
-        "sr_share": share.reshape(side, side),
-        "task_contribution": carried.reshape(side, side),
-    }
+    return PixelMap(
+        side, len(first), int(replicator.sum()), sr_mean, other_mean, ratio, int((share == 1).sum()),
+        int((share == 0).sum()), intensity.reshape(side, side), share.reshape(side, side), carried.reshape(side, side),
+    )  # fmt: skip
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> ConnectivityResult:
     """The final kinds placed on the network (and, for MNIST, on the input pixels); figures into `out_dir`."""
     run.require_particles("the kinds on the network")
     weights, step, source = run.final_weights()
     kinds = run.final_kinds()  # [P]
     names = run.kind_names
-    numbers: dict[str, Any] = {
-        "mode": run.mode,
-        "final_step": step,
-        "weights_source": source,
-        "kind_counts": dict(zip(names, np.bincount(kinds, minlength=len(names)).tolist())),
-        "per_layer": layer_kind_counts(run, kinds) if run.is_organism else None,
-        "kind_mixing": kind_mixing(kinds, run.topology["edges"].astype(np.int64), names),
-        "pixel_map": pixel_map(run, weights, kinds) if has_pixel_map(run) else None,
-    }
+    result = ConnectivityResult(
+        mode=run.mode,
+        final_step=step,
+        weights_source=source,
+        kind_counts=dict(zip(names, np.bincount(kinds, minlength=len(names)).tolist())),
+        per_layer=layer_kind_counts(run, kinds) if run.is_organism else None,
+        kind_mixing=kind_mixing(kinds, run.topology["edges"].astype(np.int64), names),
+        pixel_map=pixel_map(run, weights, kinds) if has_pixel_map(run) else None,
+    )
     path = out_dir / "connectivity_graph.png"
     draw = _organism_figure if run.n_particles <= GRAPH_MAX else _matrix_figure
     draw = draw if run.is_organism else _soup_figure
-    figures = [draw(run, numbers, kinds, path)]
-    if numbers["pixel_map"] is not None:
-        figures.append(_pixel_figure(run, numbers, out_dir / "connectivity_pixels.png"))
-    return Result(numbers, figures)
+    figures = [draw(run, result, kinds, path)]
+    if result.pixel_map is not None:
+        figures.append(_pixel_figure(run, result, out_dir / "connectivity_pixels.png"))
+    return result.with_figures(figures)
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
 
 
-def _legend(ax: Any, numbers: dict[str, Any], **kwargs: Any) -> None:
-    present = [k for k in DRAW_ORDER[::-1] if numbers["kind_counts"].get(k, 0) > 0]
+def _legend(ax: Any, result: ConnectivityResult, **kwargs: Any) -> None:
+    present = [k for k in DRAW_ORDER[::-1] if result.kind_counts.get(k, 0) > 0]
     handles = kind_legend_handles(present)
     for h, k in zip(handles, present):
-        h.set_label(f"{KIND_LABELS[k]} ({numbers['kind_counts'][k]})")
+        h.set_label(f"{KIND_LABELS[k]} ({result.kind_counts[k]})")
     ax.legend(handles=handles, fontsize=8, **kwargs)
 
 
-def _organism_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Path) -> Path:
+def _organism_figure(run: Run, result: ConnectivityResult, kinds: np.ndarray, path: Path) -> Path:
     sizes = run.sizes
     graph = organism_graph(sizes)
     # neurons of a layer spread over the full height, first neuron on top
@@ -183,13 +221,13 @@ def _organism_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path:
         spine.set_visible(False)
     ax.set_xlim(-0.3, len(sizes) - 0.7)
     labelled = "\n(numbers: effective weights)" if run.n_particles <= EFFECTIVE_LABEL_MAX else ""
-    ax.set_title(f"The organism at step {numbers['final_step']}, every particle (edge) coloured by its "
+    ax.set_title(f"The organism at step {result.final_step}, every particle (edge) coloured by its "
                  f"kind{labelled}")  # fmt: skip
-    _legend(ax, numbers, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _legend(ax, result, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
 
 
-def _matrix_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Path) -> Path:
+def _matrix_figure(run: Run, result: ConnectivityResult, kinds: np.ndarray, path: Path) -> Path:
     """Every layer as its `[target, source]` matrix of particles, each cell coloured by the particle's kind; an MNIST
     input layer as one `side x side` pixel image per target neuron (which pixels feed it through which kind)."""
     from matplotlib.colors import to_rgb
@@ -224,13 +262,13 @@ def _matrix_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: P
     present = [k for k in DRAW_ORDER[::-1] if (names[kinds] == k).any()]
     handles = kind_legend_handles(present)
     for h, k in zip(handles, present):
-        h.set_label(f"{KIND_LABELS[k]} ({numbers['kind_counts'][k]})")
+        h.set_label(f"{KIND_LABELS[k]} ({result.kind_counts[k]})")
     fig.legend(handles=handles, loc="outside lower center", ncol=len(present), fontsize=8)
-    fig.suptitle(f"The organism at step {numbers['final_step']}: every particle coloured by its kind", fontsize=10)
+    fig.suptitle(f"The organism at step {result.final_step}: every particle coloured by its kind", fontsize=10)
     return save_figure(fig, path)
 
 
-def _soup_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Path) -> Path:
+def _soup_figure(run: Run, result: ConnectivityResult, kinds: np.ndarray, path: Path) -> Path:
     graph = nx.Graph()
     graph.add_nodes_from(range(run.n_particles))
     graph.add_edges_from(run.topology["edges"].tolist())
@@ -246,29 +284,29 @@ def _soup_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Pat
             nx.draw_networkx_nodes(graph, pos, nodelist=nodes.tolist(), node_color=KIND_COLOURS[name],
                                    node_size=10 if small else 25, ax=ax)  # fmt: skip
     ax.set_axis_off()
-    mixing = numbers["kind_mixing"].get("self_replicator")
+    mixing = result.kind_mixing.get("self_replicator")
     note = ""
     if mixing:
-        note = (f"\nneighbours of self-replicators that are self-replicators: {mixing['neighbour_same_kind']:.0%} "
-                f"(overall share {mixing['overall_fraction']:.0%})")  # fmt: skip
-    ax.set_title(f"Soup neighbourhood graph at step {numbers['final_step']}, particles coloured by kind"
+        note = (f"\nneighbours of self-replicators that are self-replicators: {mixing.neighbour_same_kind:.0%} "
+                f"(overall share {mixing.overall_fraction:.0%})")  # fmt: skip
+    ax.set_title(f"Soup neighbourhood graph at step {result.final_step}, particles coloured by kind"
                  f"{note}", fontsize=10)  # fmt: skip
-    _legend(ax, numbers, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _legend(ax, result, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
 
 
-def _pixel_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
-    pixels = numbers["pixel_map"]
+def _pixel_figure(run: Run, result: ConnectivityResult, path: Path) -> Path:
+    pixels = result.pixel_map
     fig, axes = new_figure(3, width=4.0, height=4.0)
     panels = [
-        (pixels["mean_digit"], "gray", None, "mean training digit", "mean intensity"),
-        (pixels["sr_share"], "Blues", (0, 1), "share of the pixel's particles\nthat are self-replicators", "share"),
+        (pixels.mean_digit, "gray", None, "mean training digit", "mean intensity"),
+        (pixels.sr_share, "Blues", (0, 1), "share of the pixel's particles\nthat are self-replicators", "share"),
     ]
     for ax, (image, cmap, limits, title, label) in zip(axes[0], panels):
         shown = ax.imshow(image, cmap=cmap, vmin=limits[0] if limits else None, vmax=limits[1] if limits else None)
         ax.set_title(title, fontsize=10)
         fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
-    carried = pixels["task_contribution"]
+    carried = pixels.task_contribution
     positive = carried[carried > 0]
     ax = axes[0, 2]
     if len(positive):
@@ -281,11 +319,11 @@ def _pixel_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     for ax in axes[0]:
         ax.set_xticks([])
         ax.set_yticks([])
-    sr, other = pixels["mean_intensity_self_replicators"], pixels["mean_intensity_others"]
-    summary = f"{pixels['n_input_self_replicators']} of {pixels['n_input_particles']} input particles self-replicate"
+    sr, other = pixels.mean_intensity_self_replicators, pixels.mean_intensity_others
+    summary = f"{pixels.n_input_self_replicators} of {pixels.n_input_particles} input particles self-replicate"
     if sr is not None and other is not None:
         summary += f"; mean intensity they read {sr:.3g} vs {other:.3g} for the others"
-    title = f"{run.name}: input pixels and self-replicators (step {numbers['final_step']})"
+    title = f"{run.name}: input pixels and self-replicators (step {result.final_step})"
     fig.suptitle(f"{title}\n{summary}", fontsize=11)
     return save_figure(fig, path)
 

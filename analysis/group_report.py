@@ -177,7 +177,7 @@ def _group_markdown(title: str, reports: list[RunReport], agg: dict[str, Any], f
         if k in agg
     ]
     lines += ["## Headline numbers\n", md_table(["quantity", "n", "mean", "sd", "95% CI", "per run"], rows)]
-    pruned = [r for r in reports if r.numbers("pruning") is not None]
+    pruned = [r for r in reports if r.pruning() is not None]
     if pruned:
         lines += _group_pruning_markdown(pruned, agg)
     lines += ["## Curves across runs\n", "Bands: the 95% t-interval of the mean across runs at each point.\n"]
@@ -197,12 +197,12 @@ def group_findings(run: Run, reports: list[RunReport], agg: dict[str, Any]) -> l
             f"{words} at the end: {_mean_sentence(agg['final.held_out_metric'])}; self-replicators at the end (of "
             f"{run.n_particles} particles): {_mean_sentence(agg.get('final.kind_counts.self_replicator'))}."
         )
-    pruned = [r.numbers("pruning") for r in reports if r.numbers("pruning") is not None]
+    pruned = [p for p in (r.pruning() for r in reports) if p is not None]
     if not pruned:
         return out
 
-    def count(key: str, table: str = "equal_sparsity") -> int:
-        return sum(bool(p["within_tolerance"][table][key]) for p in pruned)
+    def count(key: str, pure: bool = False) -> int:
+        return sum(bool((p.equal_sparsity_pure if pure else p.equal_sparsity).within[key]) for p in pruned)
 
     g = agg.get
     out.append(
@@ -213,25 +213,25 @@ def group_findings(run: Run, reports: list[RunReport], agg: dict[str, Any]) -> l
     out.append(
         f"Pure self-replicators: {_mean_sentence(g('pruning.equal_sparsity.pure_count'))}; dropping only them: "
         f"{_mean_sentence(g('pruning.equal_sparsity_pure.pure_self_replicators'))}; within 1% in "
-        f"{count('pure_self_replicators', 'equal_sparsity_pure')} of {len(pruned)} runs."
+        f"{count('pure_self_replicators', pure=True)} of {len(pruned)} runs."
     )
     out.append(
         f"At the self-replicators' sparsity: magnitude {_mean_sentence(g('pruning.equal_sparsity.magnitude'))} "
         f"(within 1% in {count('magnitude')} of {len(pruned)}), L1 {_mean_sentence(g('pruning.equal_sparsity.l1'))}"
         f", random {_mean_sentence(g('pruning.equal_sparsity.random_mean'))} (within 1% in "
         f"{count('random_mean')} of {len(pruned)})."
-        + (ALL_REPLICATORS if all(p["equal_sparsity"]["fraction"] == 1 for p in pruned) else "")
+        + (ALL_REPLICATORS if all(p.equal_sparsity.fraction == 1 for p in pruned) else "")
     )
     if "pruning.dropout.other.metric" in agg:
         out.append(f"Dropping all `other` particles: {_mean_sentence(g('pruning.dropout.other.metric'))}.")
-    failing = [p for p in pruned if not p["within_tolerance"]["equal_sparsity"]["self_replicators"]]
+    failing = [p for p in pruned if not p.equal_sparsity.within["self_replicators"]]
     if failing:
         carried = [sr_contributions(p) for p in failing]
         out.append(
             f"Where dropping all self-replicators fails ({len(failing)} of {len(pruned)} runs) they carry the task: "
             f"the median relative task contribution of the self-replicators is "
             f"{', '.join(fmt(float(np.median(c))) if len(c) else '–' for c in carried)} (1 = an average particle "
-            f"of their neuron), and {sum(int((c >= p['pure_threshold']).sum()) for c, p in zip(carried, failing))} "
+            f"of their neuron), and {sum(int((c >= p.pure_threshold).sum()) for c, p in zip(carried, failing))} "
             f"of {sum(len(c) for c in carried)} are above the pure threshold. {CARRY_REASON}"
         )
     if len(pruned) < n:
@@ -243,19 +243,18 @@ def _group_pruning_markdown(reports: list[RunReport], agg: dict[str, Any]) -> li
     lines = ["## Pruning across runs\n", "### Per run\n"]
     rows = []
     for r in reports:
-        n = r.numbers("pruning")
-        eq, eqp, within = n["equal_sparsity"], n["equal_sparsity_pure"], n["within_tolerance"]
+        n = r.pruning()
+        eq, eqp = n.equal_sparsity, n.equal_sparsity_pure
         rows.append([
-            r.label, n["metric_full"], eq["count"], eq["self_replicators"],
-            yes(within["equal_sparsity"]["self_replicators"]), eq["pure_count"], eqp["pure_self_replicators"],
-            yes(within["equal_sparsity_pure"]["pure_self_replicators"]), eq["magnitude"], eq["l1"],
-            eq["contribution"], mean_sd(eq["random_mean"], eq["random_sd"]),
+            r.label, n.metric_full, eq.count, eq.group, yes(eq.within["self_replicators"]), eqp.count, eqp.group,
+            yes(eqp.within["pure_self_replicators"]), eq.magnitude, eq.l1, eq.contribution,
+            mean_sd(eq.random_mean, eq.random_sd),
         ])  # fmt: skip
     header = ["run", "full", "SRs", "SRs zeroed", "within 1%", "pure SRs", "pure zeroed", "within 1%",
               "magnitude*", "L1*", "contribution*", "random* (mean, sd)"]  # fmt: skip
     lines += [md_table(header, rows), "*: zeroing as many particles as there are self-replicators.\n"]
     lines.append("### Particle dropout\n")
-    kinds = list(dict.fromkeys(k for r in reports for k in r.numbers("pruning")["dropout"]))
+    kinds = list(dict.fromkeys(k for r in reports for k in r.pruning().dropout))
     rows = []
     for kind in kinds:
         c, m = agg.get(f"pruning.dropout.{kind}.count"), agg.get(f"pruning.dropout.{kind}.metric")
@@ -278,16 +277,16 @@ def _group_pruning_markdown(reports: list[RunReport], agg: dict[str, Any]) -> li
             share = f"{round(ok['mean'] * ok['n'])} of {ok['n']}" if ok else "–"
             rows.append([label, s["mean"], s["sd"], _interval(s), share])
         lines.append(md_table(["strategy", "metric (mean)", "sd", "95% CI", "runs within 1%"], rows))
-    threshold = reports[0].numbers("pruning")["pure_threshold"]
+    threshold = reports[0].pruning().pure_threshold
     lines += [f"### The pure threshold ({threshold:g})\n", pure_justification(threshold) + "\n"]
-    scan = reports[0].numbers("pruning")["threshold_scan"]
+    scans = [r.pruning().threshold_scan for r in reports]
     rows = []
-    for i, t in enumerate(scan["threshold"]):
-        counts = [r.numbers("pruning")["threshold_scan"]["count"][i] for r in reports]
-        metrics = [r.numbers("pruning")["threshold_scan"]["metric"][i] for r in reports]
+    for i, t in enumerate(scans[0].threshold):
+        counts = [scan.count[i] for scan in scans]
+        metrics = [scan.metric[i] for scan in scans]
         rows.append([f"{t:g}", float(np.mean(counts)), float(np.mean(metrics)), ", ".join(fmt(m) for m in metrics)])
     lines.append(md_table(["threshold", "self-replicators below it (mean)", "metric zeroed (mean)", "per run"], rows))
-    safe = [largest_safe_threshold(r.numbers("pruning")) for r in reports]
+    safe = [largest_safe_threshold(r.pruning()) for r in reports]
     lines.append(
         "Largest scanned threshold that keeps the metric within 1%, per run: " + ", ".join(fmt(s) for s in safe) + ".\n"
     )
@@ -351,7 +350,7 @@ def _group_figures(reports: list[RunReport], folder: Path) -> list[Path]:
     usable = [r for r in reports if len(r.series["step"])]
     if usable:
         figures.append(_time_figure(usable, folder / "aggregate_over_time.png"))
-    pruned = [r for r in reports if r.numbers("pruning") is not None]
+    pruned = [r for r in reports if r.pruning() is not None]
     if pruned:
         figures.append(_pruning_curve_figure(pruned, folder / "aggregate_pruning_curve.png"))
         figures.append(_equal_sparsity_figure(pruned, folder / "aggregate_equal_sparsity.png"))
@@ -403,15 +402,19 @@ def _time_figure(reports: list[RunReport], path: Path) -> Path:
 
 def _pruning_curve_figure(reports: list[RunReport], path: Path) -> Path:
     run = reports[0].run
-    numbers = [r.numbers("pruning") for r in reports]
+    numbers = [r.pruning() for r in reports]
     fig, axes = new_figure(1, width=7.5, height=5.2)
     ax = axes[0, 0]
-    xs = [np.asarray(p["curve"]["fraction"], dtype=float) for p in numbers]
-    names = (*BASELINES, "random_mean")
-    curves = {name: _on_grid(xs, [np.asarray(p["curve"][name], dtype=float) for p in numbers]) for name in names}
+    xs = [np.asarray(p.curve.fraction, dtype=float) for p in numbers]
+    curves = {name: _on_grid(xs, [np.asarray(p.curve.baseline(name), dtype=float) for p in numbers])
+              for name in BASELINES}  # fmt: skip
+    curves["random_mean"] = _on_grid(xs, [np.asarray(p.curve.random_mean, dtype=float) for p in numbers])
     points = {
-        key: ([p["equal_sparsity"][fraction] for p in numbers], [p["equal_sparsity"][key] for p in numbers])
-        for key, fraction in (("self_replicators", "fraction"), ("pure_self_replicators", "pure_fraction"))
+        "self_replicators": ([p.equal_sparsity.fraction for p in numbers], [p.equal_sparsity.group for p in numbers]),
+        "pure_self_replicators": (
+            [p.equal_sparsity_pure.fraction for p in numbers],
+            [p.equal_sparsity_pure.group for p in numbers],
+        ),
     }
     log = log_axis(
         np.concatenate([v.ravel() for _, v in curves.values()] + [np.asarray(y) for _, y in points.values()])
@@ -438,7 +441,7 @@ def _pruning_curve_figure(reports: list[RunReport], path: Path) -> Path:
         ls="none",
         label="pure self-replicators zeroed (one per run)",
     )
-    full = float(np.mean([p["metric_full"] for p in numbers]))
+    full = float(np.mean([p.metric_full for p in numbers]))
     ax.axhline(full, color="black", ls="--", lw=1, label=f"full organism (mean {fmt(full)})")
     ax.set_yscale("log" if log else "linear")
     ax.set_xlim(-0.02, 1.02)
@@ -452,18 +455,19 @@ def _pruning_curve_figure(reports: list[RunReport], path: Path) -> Path:
 
 def _equal_sparsity_figure(reports: list[RunReport], path: Path) -> Path:
     run = reports[0].run
-    numbers = [r.numbers("pruning") for r in reports]
-    tables = [("equal_sparsity", "self_replicators", "the self-replicators")]
-    if any(p["equal_sparsity_pure"]["count"] > 0 for p in numbers):
-        tables.append(("equal_sparsity_pure", "pure_self_replicators", "the pure self-replicators"))
+    numbers = [r.pruning() for r in reports]
+    tables = [(False, "self_replicators", "the self-replicators")]
+    if any(p.equal_sparsity_pure.count > 0 for p in numbers):
+        tables.append((True, "pure_self_replicators", "the pure self-replicators"))
     fig, axes = new_figure(len(tables), width=5.8, height=3.8)
-    for ax, (table, first, title) in zip(axes[0], tables):
+    for ax, (pure, first, title) in zip(axes[0], tables):
+        comparisons = [p.equal_sparsity_pure if pure else p.equal_sparsity for p in numbers]
         keys = [first, *BASELINES, "random_mean"]
         labels = [title, *(BASELINE_LABELS[b] for b in BASELINES), "random (mean of draws)"]
         colors = [KIND_COLOURS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
         y = np.arange(len(keys))[::-1]
-        values = np.array([[p[table][k] for k in keys] for p in numbers])  # [runs, strategies]
-        full = float(np.mean([p["metric_full"] for p in numbers]))
+        values = np.array([[c.metric(k) for k in keys] for c in comparisons])  # [runs, strategies]
+        full = float(np.mean([p.metric_full for p in numbers]))
         stats_ = [describe(list(column)) for column in values.T]
         ends = [v for s in stats_ if s["ci95"] for v in s["ci95"]]
         # a log axis only where every value and every interval end is positive; then dots, as a bar has no base
@@ -486,7 +490,7 @@ def _equal_sparsity_figure(reports: list[RunReport], path: Path) -> Path:
         if not log:
             ax.set_xlim(0, max(highs) * 1.1)
         ax.set_xlabel(metric_label(run.metric_name))
-        counts = [p[table]["count"] for p in numbers]
+        counts = [c.count for c in comparisons]
         ax.set_title(f"Zeroing as many as {title}\n({fmt(np.mean(counts))} particles on average)", fontsize=10)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", fontsize=8)
     shape = "squares" if log else "bars"

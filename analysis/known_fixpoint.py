@@ -20,12 +20,12 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from analysis.common import KIND_COLOURS, Parser, UsageError, cli, new_figure, save_figure, write_json
+from analysis.results import Numbers, Result, internal
 from sim.particles import DIVERGENT, SELF_REPLICATOR, ZERO, ParticleSpec, classify, self_apply, unpack
 
 DEFAULT_EXPONENTS = tuple(range(10))
@@ -82,14 +82,68 @@ def noisy_identities(spec: ParticleSpec, levels: list[float], trials: int, gener
     return bank + (2.0 * torch.rand(bank.shape, generator=generator, dtype=torch.float64) - 1.0) * scale
 
 
-def _stats(values: np.ndarray) -> dict[str, float]:
+@dataclass(frozen=True)
+class Spread(Numbers):
+    """The spread of one time over the copies of a level."""
+
+    mean: float
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class ParticleShape(Numbers):
+    """The particle the experiment perturbs."""
+
+    weight_interface: int
+    hidden: int
+    activation: str
+
+
+@dataclass(frozen=True)
+class NoiseFree(Numbers):
+    """The identity particle itself, without noise."""
+
+    time_to_vergence: int
+    time_as_fixpoint: int
+
+
+@dataclass(frozen=True)
+class NoiseLevel(Numbers):
+    """The noisy copies of one level."""
+
+    noise: float  # the scale 10^-d
+    time_to_vergence: Spread
+    time_as_fixpoint: Spread
+    verged_fraction: float  # share that became zero or divergent within the cap
+
+
+@dataclass(frozen=True)
+class KnownFixpointResult(Result):
+    """The known-fixpoint experiment: the identity particle under noise."""
+
+    particle: ParticleShape
+    trials: int  # copies per level
+    max_steps: int  # the cap on self-applications
+    tolerance: float
+    seed: int
+    noise: str  # the noise, in words
+    noise_free: NoiseFree
+    levels: dict[str, NoiseLevel]  # "1e-d" -> its copies
+    parts: list[Times] = internal()  # the raw times of every level, in level order (for the figure)
+
+
+def _stats(values: np.ndarray) -> Spread:
     q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"mean": float(values.mean()), "median": float(median), "q1": float(q1), "q3": float(q3),
-            "min": float(values.min()), "max": float(values.max())}  # fmt: skip
+    return Spread(float(values.mean()), float(median), float(q1), float(q3), float(values.min()),
+                  float(values.max()))  # fmt: skip
 
 
 def study(spec: ParticleSpec, exponents: list[int], trials: int, max_steps: int, tolerance: float,
-          seed: int) -> tuple[dict[str, Any], list[Times]]:  # fmt: skip
+          seed: int) -> KnownFixpointResult:  # fmt: skip
     """The experiment: the numbers per noise level and the raw times of every level (in `exponents` order)."""
     levels = [10.0**-e for e in exponents]
     bank = noisy_identities(spec, levels, trials, torch.Generator().manual_seed(seed))
@@ -97,22 +151,19 @@ def study(spec: ParticleSpec, exponents: list[int], trials: int, max_steps: int,
     parts = [Times(times.vergence[i * trials : (i + 1) * trials], times.fixpoint[i * trials : (i + 1) * trials])
              for i in range(len(levels))]  # fmt: skip
     control = iterate(identity_particle(spec).unsqueeze(0), spec, max_steps, tolerance)
-    numbers = {
-        "particle": {"weight_interface": spec.weight_interface, "hidden": spec.hidden, "activation": spec.activation},
-        "trials": trials, "max_steps": max_steps, "tolerance": tolerance, "seed": seed,
-        "noise": "U(-1, 1) x 10^-d on every weight, float64",
-        "noise_free": {"time_to_vergence": int(control.vergence[0]), "time_as_fixpoint": int(control.fixpoint[0])},
-        "levels": {f"1e-{e}": {"noise": level, "time_to_vergence": _stats(p.vergence),
-                               "time_as_fixpoint": _stats(p.fixpoint),
-                               "verged_fraction": float(np.mean(p.vergence < max_steps))}
-                   for e, level, p in zip(exponents, levels, parts)},
-    }  # fmt: skip
-    return numbers, parts
+    return KnownFixpointResult(
+        ParticleShape(spec.weight_interface, spec.hidden, spec.activation), trials, max_steps, tolerance, seed,
+        "U(-1, 1) x 10^-d on every weight, float64",
+        NoiseFree(int(control.vergence[0]), int(control.fixpoint[0])),
+        {f"1e-{e}": NoiseLevel(level, _stats(p.vergence), _stats(p.fixpoint), float(np.mean(p.vergence < max_steps)))
+         for e, level, p in zip(exponents, levels, parts)},
+        parts=parts,
+    )  # fmt: skip
 
 
-def figure(numbers: dict[str, Any], parts: list[Times], path: Path) -> Path:
+def figure(result: KnownFixpointResult, path: Path) -> Path:
     """Box plots of both times against the noise level."""
-    labels = list(numbers["levels"])
+    labels = list(result.levels)
     x = np.arange(1, len(labels) + 1)
     fig, axes = new_figure(2, width=5.6, height=4.2)
     box = {"widths": 0.6, "patch_artist": True, "medianprops": {"color": "black"},
@@ -121,19 +172,19 @@ def figure(numbers: dict[str, Any], parts: list[Times], path: Path) -> Path:
               ("fixpoint", "self-applications as a self-replicator", "Time as fixpoint",
                KIND_COLOURS["self_replicator"]))  # fmt: skip
     for ax, (field, ylabel, title, colour) in zip(axes[0], panels):
-        parts_box = ax.boxplot([getattr(p, field) for p in parts], positions=x, **box)
+        parts_box = ax.boxplot([getattr(p, field) for p in result.parts], positions=x, **box)
         for patch in parts_box["boxes"]:
             patch.set_facecolor(colour)
             patch.set_alpha(0.6)
-        ax.axhline(numbers["max_steps"], color="black", ls=":", lw=1, label=f"cap ({numbers['max_steps']})")
+        ax.axhline(result.max_steps, color="black", ls=":", lw=1, label=f"cap ({result.max_steps})")
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("noise scale (uniform in [-s, s])")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=8)
-    p = numbers["particle"]
-    fig.suptitle(f"The identity particle (k={p['weight_interface']}, h={p['hidden']}) under noise: "
-                 f"{numbers['trials']} trials per level, tolerance {numbers['tolerance']:g}")  # fmt: skip
+    p = result.particle
+    fig.suptitle(f"The identity particle (k={p.weight_interface}, h={p.hidden}) under noise: "
+                 f"{result.trials} trials per level, tolerance {result.tolerance:g}")  # fmt: skip
     return save_figure(fig, path)
 
 
@@ -171,9 +222,9 @@ def run(args: argparse.Namespace) -> list[str]:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = Path(args.out)
-    numbers, parts = study(spec, args.noise_exponents, args.trials, args.max_steps, args.tolerance, args.seed)
-    write_json(out / "known_fixpoint.json", numbers)
-    path = figure(numbers, parts, out / "known_fixpoint.png")
+    result = study(spec, args.noise_exponents, args.trials, args.max_steps, args.tolerance, args.seed)
+    write_json(out / "known_fixpoint.json", result.to_json())
+    path = figure(result, out / "known_fixpoint.png")
     return [f"figure: {path}", f"numbers: {out / 'known_fixpoint.json'}"]
 
 

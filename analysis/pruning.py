@@ -1,7 +1,11 @@
 """`python -m analysis.pruning RUN_DIR`: particle dropout and pruning strategies at equal sparsity (docs/science.md §5).
 
-The organism is rebuilt from the final weights (the checkpoint the record names) and measured on the task's held-out
-set, the same split as in training. Pruning a particle means zeroing its weight vector, so it carries nothing.
+The organism is rebuilt from the final weights (the checkpoint the record names). Pruning a particle means zeroing its
+weight vector, so it carries nothing. Every pruning *choice* reads the task's validation split only: the task
+contributions (the contribution baseline's order and the pure set), the exact single-particle ablation and the
+threshold scan's `validation_metric`; every reported metric (the full organism, dropout, the strategies, the curves,
+the scan's `metric`) is measured on the test split, the held-out set of training. The JSON says so in
+`selection_split` and `reported_split`, with the split sizes in `split`.
 
 - Dropout: for every kind present at the end, zero all particles of that kind and re-measure the metric.
 - Equal sparsity: zero the self-replicators, and as many particles chosen by each baseline: smallest L1 norm of the
@@ -12,7 +16,7 @@ set, the same split as in training. Pruning a particle means zeroing its weight 
 - Task contribution of every particle (`analysis.common.task_contributions`) and, for organisms of at most
   `--exact-max` particles, the exact metric change when that particle alone is zeroed.
 
-Every metric is evaluated in float64 on a float64 copy of the weights (`Run.held_out`). "Within 1%" means the pruned
+Every metric is evaluated in float64 on a float64 copy of the weights (`Run.metric_on`). "Within 1%" means the pruned
 metric is at most 1% (relative) worse than the full organism's, or, where 1% of it is smaller, at most the float floor
 `Run.metric_floor` worse (the rounding of the run's dtype: 1.3e-7 of MAE for the float32 arithmetic task; 0 for
 accuracy): accuracy >= full - max(0.01 full, floor), MAE <= full + max(0.01 full, floor).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,6 @@ from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
     PURE_THRESHOLD,
-    Result,
     Run,
     UsageError,
     kind_legend_handles,
@@ -45,6 +49,7 @@ from analysis.common import (
     save_figure,
     task_contributions,
 )
+from analysis.results import Numbers, Result, internal
 from sim.particles import SELF_REPLICATOR, effective_weights, sr_loss
 
 BASELINES = ("l1", "magnitude", "contribution")
@@ -55,7 +60,6 @@ BASELINE_LABELS = {
     "random": "random",
 }
 BASELINE_COLORS = {"l1": "#2ca02c", "magnitude": "#9467bd", "contribution": "#8c564b", "random": "#7f7f7f"}
-STRATEGIES = ("self_replicators", *BASELINES, "random_mean")  # the columns of the equal-sparsity table
 DEFAULT_DRAWS = 20
 MIN_DRAWS = 10
 DEFAULT_EXACT_MAX = 300
@@ -64,6 +68,131 @@ TOLERANCE = 0.01  # "within 1%" of the full organism
 # pure-threshold candidates scanned to show where the choice sits (relative contribution, 1 = average particle)
 THRESHOLD_SCAN = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}  # value labels stay legible
+SELECTION_SPLIT = "validation"  # every pruning choice: contributions, the pure set, exact ablation, thresholds
+REPORTED_SPLIT = "test"  # every reported metric: the held-out set of training
+
+
+# --- the typed result --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dropout(Numbers):
+    """Zeroing every particle of one kind."""
+
+    count: int  # particles of that kind at the end
+    metric: float  # the task metric (test split) with all of them zeroed
+
+
+@dataclass(frozen=True)
+class EqualSparsity(Numbers):
+    """The test-split metric after zeroing `count` particles: a group of particles (all self-replicators, or the pure
+    ones) against as many chosen by each baseline. The group's metric is written under its `group_key`."""
+
+    count: int  # particles zeroed by every strategy: the size of the group
+    fraction: float  # count / particles
+    l1: float  # the `count` particles of smallest L1 norm of their own weights zeroed
+    magnitude: float  # the `count` particles of smallest |effective weight| zeroed
+    contribution: float  # the `count` particles of smallest relative task contribution (validation) zeroed
+    random_mean: float  # `count` random particles zeroed: mean over the draws
+    random_sd: float  # and the sd over the draws (ddof 1)
+    group_key: str = internal("self_replicators")  # `self_replicators` or `pure_self_replicators`
+    group: float = internal(float("nan"))  # the group itself zeroed
+    within: dict[str, bool] = internal()  # strategy (a JSON key) -> within 1% of the full organism
+
+    def metric(self, strategy: str) -> float:
+        """The metric of `strategy`: the group's key, a baseline, `random_mean` or `random_sd`."""
+        return self.group if strategy == self.group_key else float(getattr(self, strategy))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), self.group_key: self.group}
+
+
+@dataclass(frozen=True)
+class ThresholdScan(Numbers):
+    """Zeroing the self-replicators whose relative task contribution (validation) is below each candidate threshold."""
+
+    threshold: tuple[float, ...]  # the candidates
+    count: list[int]  # self-replicators below each
+    metric: list[float]  # the test-split metric with them zeroed (reported)
+    validation_metric: list[float]  # the validation-split metric with them zeroed (what chooses a threshold)
+    zero_contribution_count: int  # self-replicators whose contribution is exactly 0
+
+
+@dataclass(frozen=True)
+class Curve(Numbers):
+    """The test-split metric against the number of particles zeroed, per baseline, all arrays `[C]`."""
+
+    count: np.ndarray  # particles zeroed
+    fraction: np.ndarray  # count / particles
+    l1: np.ndarray
+    magnitude: np.ndarray
+    contribution: np.ndarray
+    random_mean: np.ndarray  # over the draws
+    random_sd: np.ndarray
+    random_p16: np.ndarray  # the central 68% of the draws: the figure's band (mean - sd can fall below 0)
+    random_p84: np.ndarray
+
+    def baseline(self, name: str) -> np.ndarray:
+        """The curve of baseline `name` (of `BASELINES`)."""
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class ParticleTable(Numbers):
+    """Per-particle numbers, arrays `[P]` in particle-id order."""
+
+    kind: list[str]  # final kind name
+    layer: np.ndarray
+    effective_weight: np.ndarray
+    l1: np.ndarray  # L1 norm of the particle's own weights
+    sr_loss: np.ndarray
+    contribution: np.ndarray  # mean |carried value| on the validation inputs
+    contribution_share: np.ndarray  # share of its target neuron's summed absolute input
+    contribution_relative: np.ndarray  # share x fan-in (1 = an average particle of its neuron)
+    exact_metric_change: np.ndarray | None  # validation metric with it alone zeroed minus the full one; None if large
+
+
+@dataclass(frozen=True)
+class PruningResult(Result):
+    """Dropout, equal-sparsity comparisons, threshold scan, pruning curves and contributions of one organism run."""
+
+    metric_name: str
+    higher_is_better: bool
+    metric_full: float  # the full organism, test split
+    metric_full_validation: float  # the full organism, validation split (what a choice of threshold compares with)
+    final_step: int  # the step of the final weights
+    weights_source: str  # `checkpoint` or `snapshot`
+    n_particles: int
+    pure_threshold: float  # relative contribution below which a self-replicator is pure
+    random_draws: int
+    tolerance: float  # "within 1%"
+    metric_floor: float  # the float floor of "within 1%"
+    metric_dtype: str  # every metric's dtype: float64
+    run_dtype: str  # the run's own dtype
+    selection_split: str  # the split every choice reads: validation
+    reported_split: str  # the split of every reported metric: test
+    split: dict[str, int]  # samples per split: train, validation, test
+    dropout: dict[str, Dropout]  # kind name -> all of that kind zeroed
+    equal_sparsity: EqualSparsity  # as many as the self-replicators
+    equal_sparsity_pure: EqualSparsity  # as many as the pure self-replicators
+    threshold_scan: ThresholdScan
+    curve: Curve
+    particles: ParticleTable
+    kinds: np.ndarray = internal()  # [P] final kind codes
+    pure_ids: np.ndarray = internal()  # the pure self-replicators' particle ids (chosen on validation)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        pure = self.equal_sparsity_pure
+        out["equal_sparsity"].update(pure_self_replicators=pure.group, pure_count=pure.count,
+                                     pure_fraction=pure.fraction)  # fmt: skip
+        within = {"equal_sparsity": self.equal_sparsity.within, "equal_sparsity_pure": pure.within}
+        keys = list(out)
+        at = keys.index("equal_sparsity_pure") + 1
+        return {**{k: out[k] for k in keys[:at]}, "within_tolerance": within, **{k: out[k] for k in keys[at:]}}
+
+
+# --- the analysis ------------------------------------------------------------------------------------------------
 
 
 def zeroed(weights: torch.Tensor, ids: np.ndarray | list[int]) -> torch.Tensor:
@@ -84,6 +213,28 @@ def within_tolerance(
     return bool(metric <= full + margin)
 
 
+@dataclass
+class Pruning:
+    """What every strategy of one analysis reads: the run, its final bank, the baselines' orders and the random
+    stream (one generator, drawn from in a fixed order, so that `--seed` reproduces every random number)."""
+
+    run: Run
+    weights: torch.Tensor  # [P, n] final bank
+    relative: np.ndarray  # [P] relative task contribution on the validation split
+    orders: dict[str, np.ndarray]  # baseline -> particle ids, smallest score first
+    draws: int
+    rng: np.random.Generator
+
+    def without(self, ids: np.ndarray | list[int], split: str = REPORTED_SPLIT) -> float:
+        """The metric on `split` with the particles `ids` zeroed."""
+        return self.run.metric_on(zeroed(self.weights, ids), split)
+
+    def random_metrics(self, count: int) -> np.ndarray:
+        """The test metric after zeroing `count` particles chosen at random, once per draw `[draws]`."""
+        n = self.run.n_particles
+        return np.array([self.without(self.rng.permutation(n)[:count]) for _ in range(self.draws)])
+
+
 def baseline_orders(run: Run, weights: torch.Tensor, relative_contribution: np.ndarray) -> dict[str, np.ndarray]:
     """For every baseline, the particle ids in pruning order (smallest score first; ties by particle id)."""
     with torch.no_grad():
@@ -95,21 +246,65 @@ def baseline_orders(run: Run, weights: torch.Tensor, relative_contribution: np.n
     return {name: np.argsort(score, kind="stable") for name, score in scores.items()}
 
 
-def random_metrics(run: Run, weights: torch.Tensor, count: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """The held-out metric after zeroing `count` particles chosen at random, once per draw `[draws]`."""
-    return np.array([run.held_out(zeroed(weights, rng.permutation(run.n_particles)[:count])) for _ in range(draws)])
-
-
-def at_sparsity(
-    run: Run, weights: torch.Tensor, count: int, orders: dict[str, np.ndarray], draws: int, rng: np.random.Generator
-) -> dict[str, Any]:
-    """Metric after zeroing `count` particles by each baseline, and the random mean and sd (ddof 1)."""
-    out: dict[str, Any] = {"count": count, "fraction": count / run.n_particles}
-    for name, order in orders.items():
-        out[name] = run.held_out(zeroed(weights, order[:count]))
-    randoms = random_metrics(run, weights, count, draws, rng)
-    out["random_mean"], out["random_sd"] = float(randoms.mean()), float(randoms.std(ddof=1))
+def dropout_by_kind(p: Pruning, kinds: np.ndarray) -> dict[str, Dropout]:
+    """Every kind present at the end zeroed at once."""
+    out = {}
+    for code in np.unique(kinds):
+        ids = np.flatnonzero(kinds == code)
+        out[p.run.kind_names[code]] = Dropout(len(ids), p.without(ids))
     return out
+
+
+def pure_self_replicators(kinds: np.ndarray, relative: np.ndarray, threshold: float) -> np.ndarray:
+    """Ids of the self-replicators whose relative task contribution (validation) is below `threshold`."""
+    replicators = np.flatnonzero(kinds == SELF_REPLICATOR)
+    return replicators[relative[replicators] < threshold]
+
+
+def equal_sparsity(p: Pruning, group: np.ndarray, group_key: str, full: float) -> EqualSparsity:
+    """The group `group` (particle ids) zeroed against as many particles by each baseline and at random."""
+    count = len(group)
+    by_baseline = {name: p.without(order[:count]) for name, order in p.orders.items()}
+    randoms = p.random_metrics(count)
+    metrics = {**by_baseline, "random_mean": float(randoms.mean())}
+    metrics_group = p.without(group)
+    run = p.run
+    ok = {key: within_tolerance(m, full, run.task.higher_is_better, floor=run.metric_floor)
+          for key, m in {group_key: metrics_group, **metrics}.items()}  # fmt: skip
+    return EqualSparsity(count, count / run.n_particles, **metrics, random_sd=float(randoms.std(ddof=1)),
+                         group_key=group_key, group=metrics_group, within=ok)  # fmt: skip
+
+
+def threshold_scan(p: Pruning, kinds: np.ndarray) -> ThresholdScan:
+    """Where the pure threshold sits: the self-replicators below each candidate threshold zeroed, measured on the
+    validation split (what a choice of threshold may read) and on the test split (what the report shows)."""
+    groups = [pure_self_replicators(kinds, p.relative, t) for t in THRESHOLD_SCAN]
+    replicators = np.flatnonzero(kinds == SELF_REPLICATOR)
+    return ThresholdScan(
+        THRESHOLD_SCAN,
+        [len(ids) for ids in groups],
+        [p.without(ids) for ids in groups],
+        [p.without(ids, SELECTION_SPLIT) for ids in groups],
+        int((p.relative[replicators] == 0).sum()),
+    )
+
+
+def pruning_curve(p: Pruning) -> Curve:
+    """Every baseline from nothing to everything zeroed (every count, or `CURVE_POINTS` fractions when larger)."""
+    n = p.run.n_particles
+    counts = np.arange(n + 1) if n < CURVE_POINTS else np.unique(np.round(np.linspace(0, 1, CURVE_POINTS) * n))
+    counts = counts.astype(np.int64)
+    by_baseline = {name: np.array([p.without(order[:c]) for c in counts]) for name, order in p.orders.items()}
+    randoms = np.stack([p.random_metrics(int(c)) for c in counts])  # [C, draws]
+    low, high = np.percentile(randoms, [16, 84], axis=1)
+    return Curve(counts, counts / n, **by_baseline, random_mean=randoms.mean(axis=1),
+                 random_sd=randoms.std(axis=1, ddof=1), random_p16=low, random_p84=high)  # fmt: skip
+
+
+def exact_ablation(p: Pruning) -> np.ndarray:
+    """The validation metric with each particle alone zeroed, minus the full organism's, `[P]`."""
+    full = p.run.metric_on(p.weights, SELECTION_SPLIT)
+    return np.array([p.without([q], SELECTION_SPLIT) for q in range(p.run.n_particles)]) - full
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -122,107 +317,47 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--exact-max must be >= 0, got {args.exact_max}")
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
-    """Dropout, equal-sparsity tables, threshold scan, pruning curves and contributions of one organism run."""
-    check_options(args)
+def prune(run: Run, args: argparse.Namespace) -> PruningResult:
+    """The numbers of `analyse`, without the figures."""
     run.require_organism("pruning")
     weights, step, source = run.final_weights()  # [P, n]
     kinds = run.final_kinds()  # [P]
-    names = run.kind_names
-    better_up = run.task.higher_is_better
-    n = run.n_particles
-    rng = np.random.default_rng(args.seed)
-    full = run.held_out(weights)
-    contributions = task_contributions(run, weights)
+    contributions = task_contributions(run, weights, SELECTION_SPLIT)
     relative = contributions.relative  # [P]
+    p = Pruning(run, weights, relative, baseline_orders(run, weights, relative), args.draws,
+                np.random.default_rng(args.seed))  # fmt: skip
+    full = p.without([])
+    dropout = dropout_by_kind(p, kinds)
+    pure = pure_self_replicators(kinds, relative, args.threshold)
+    equal = equal_sparsity(p, np.flatnonzero(kinds == SELF_REPLICATOR), "self_replicators", full)
+    equal_pure = equal_sparsity(p, pure, "pure_self_replicators", full)
+    scan = threshold_scan(p, kinds)
+    curve = pruning_curve(p)
     with torch.no_grad():
-        losses = sr_loss(weights, run.spec).double().numpy()  # [P]
-        effective = effective_weights(weights, run.spec).double().numpy()  # [P]
+        particles = ParticleTable(
+            [run.kind_names[k] for k in kinds], run.layers, effective_weights(weights, run.spec).double().numpy(),
+            weights.abs().sum(dim=1).double().numpy(), sr_loss(weights, run.spec).double().numpy(),
+            contributions.absolute, contributions.share, relative,
+            exact_ablation(p) if args.exact_max >= run.n_particles else None,
+        )  # fmt: skip
+    return PruningResult(
+        run.metric_name, run.task.higher_is_better, full, run.metric_on(weights, SELECTION_SPLIT), step, source,
+        run.n_particles, args.threshold, args.draws, TOLERANCE, run.metric_floor, "float64", run.config.dtype,
+        SELECTION_SPLIT, REPORTED_SPLIT, run.task.split_sizes(), dropout, equal, equal_pure, scan, curve, particles,
+        kinds=kinds, pure_ids=pure,
+    )  # fmt: skip
 
-    dropout = {}
-    for code in np.unique(kinds):
-        ids = np.flatnonzero(kinds == code)
-        dropout[names[code]] = {"count": len(ids), "metric": run.held_out(zeroed(weights, ids))}
 
-    replicators = np.flatnonzero(kinds == SELF_REPLICATOR)
-    pure = replicators[relative[replicators] < args.threshold]
-    orders = baseline_orders(run, weights, relative)
-    equal = at_sparsity(run, weights, len(replicators), orders, args.draws, rng)
-    equal["self_replicators"] = run.held_out(zeroed(weights, replicators))
-    equal_pure = at_sparsity(run, weights, len(pure), orders, args.draws, rng)
-    equal_pure["pure_self_replicators"] = run.held_out(zeroed(weights, pure))
-    equal.update(pure_self_replicators=equal_pure["pure_self_replicators"], pure_count=len(pure),
-                 pure_fraction=len(pure) / n)  # fmt: skip
-    floor = run.metric_floor
-    within = {
-        "equal_sparsity": {s: within_tolerance(equal[s], full, better_up, floor=floor) for s in STRATEGIES},
-        "equal_sparsity_pure": {
-            s: within_tolerance(equal_pure[s], full, better_up, floor=floor)
-            for s in ("pure_self_replicators", *BASELINES, "random_mean")
-        },
-    }
-
-    # where the pure threshold sits: zero the self-replicators below each candidate threshold
-    scan_counts, scan_metrics = [], []
-    for threshold in THRESHOLD_SCAN:
-        ids = replicators[relative[replicators] < threshold]
-        scan_counts.append(len(ids))
-        scan_metrics.append(run.held_out(zeroed(weights, ids)))
-    scan = {"threshold": list(THRESHOLD_SCAN), "count": scan_counts, "metric": scan_metrics,
-            "zero_contribution_count": int((relative[replicators] == 0).sum())}  # fmt: skip
-
-    counts = np.arange(n + 1) if n < CURVE_POINTS else np.unique(np.round(np.linspace(0, 1, CURVE_POINTS) * n))
-    counts = counts.astype(np.int64)
-    curve: dict[str, Any] = {"count": counts, "fraction": counts / n}
-    for name, order in orders.items():
-        curve[name] = np.array([run.held_out(zeroed(weights, order[:c])) for c in counts])
-    randoms = np.stack([random_metrics(run, weights, int(c), args.draws, rng) for c in counts])  # [C, draws]
-    curve["random_mean"], curve["random_sd"] = randoms.mean(axis=1), randoms.std(axis=1, ddof=1)
-    # the band of the figure: the central 68% of the draws (a mean - sd can fall below 0, off a log axis)
-    curve["random_p16"], curve["random_p84"] = np.percentile(randoms, [16, 84], axis=1)
-
-    exact = None
-    if args.exact_max >= n:
-        exact = np.array([run.held_out(zeroed(weights, [p])) for p in range(n)]) - full  # [P]
-
-    numbers = {
-        "metric_name": run.metric_name,
-        "higher_is_better": better_up,
-        "metric_full": full,
-        "final_step": step,
-        "weights_source": source,
-        "n_particles": n,
-        "pure_threshold": args.threshold,
-        "random_draws": args.draws,
-        "tolerance": TOLERANCE,
-        "metric_floor": floor,
-        "metric_dtype": "float64",
-        "run_dtype": run.config.dtype,
-        "dropout": dropout,
-        "equal_sparsity": equal,
-        "equal_sparsity_pure": equal_pure,
-        "within_tolerance": within,
-        "threshold_scan": scan,
-        "curve": curve,
-        "particles": {
-            "kind": [names[k] for k in kinds],
-            "layer": run.layers,
-            "effective_weight": effective,
-            "l1": weights.abs().sum(dim=1).double().numpy(),
-            "sr_loss": losses,
-            "contribution": contributions.absolute,
-            "contribution_share": contributions.share,
-            "contribution_relative": relative,
-            "exact_metric_change": exact,
-        },
-    }
-    figures = [
-        _dropout_figure(run, numbers, out_dir / "pruning_dropout.png"),
-        _sparsity_figure(run, numbers, out_dir / "pruning_equal_sparsity.png"),
-        _curve_figure(run, numbers, out_dir / "pruning_curve.png"),
-        _contribution_figure(run, numbers, kinds, out_dir / "pruning_contribution.png"),
-    ]
-    return Result(numbers, figures)
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> PruningResult:
+    """Dropout, equal-sparsity tables, threshold scan, pruning curves and contributions of one organism run."""
+    check_options(args)
+    result = prune(run, args)
+    return result.with_figures([
+        _dropout_figure(run, result, out_dir / "pruning_dropout.png"),
+        _sparsity_figure(run, result, out_dir / "pruning_equal_sparsity.png"),
+        _curve_figure(run, result, out_dir / "pruning_curve.png"),
+        _contribution_figure(run, result, out_dir / "pruning_contribution.png"),
+    ])  # fmt: skip
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
@@ -256,80 +391,79 @@ def _headroom(ax: Any, values: list[float], axis: str = "y") -> None:
     (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
 
 
-def _dropout_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
+def _dropout_figure(run: Run, result: PruningResult, path: Path) -> Path:
     fig, axes = new_figure(1, width=7.0)
     ax = axes[0, 0]
-    kinds = list(numbers["dropout"])
-    values = [numbers["dropout"][k]["metric"] for k in kinds]
-    labels = [f"{KIND_LABELS[k]}\n(n={numbers['dropout'][k]['count']})" for k in kinds]
+    kinds = list(result.dropout)
+    values = [result.dropout[k].metric for k in kinds]
+    labels = [f"{KIND_LABELS[k]}\n(n={result.dropout[k].count})" for k in kinds]
     chance = run.chance
     x = np.arange(len(kinds))
-    log = positive_log_scale(ax, [*values, numbers["metric_full"], chance])
+    log = positive_log_scale(ax, [*values, result.metric_full, chance])
     _bars_or_dots(ax, x, values, [KIND_COLOURS[k] for k in kinds], log, horizontal=False)
     for xi, v in zip(x, values):
         ax.annotate(f"{v:.3g}", (xi, v), xytext=(0, 6), textcoords="offset points", ha="center", bbox=LABEL_BOX)
     ax.set_xticks(x, labels)
-    _full_line(ax, numbers["metric_full"], chance=chance)
-    _headroom(ax, [*values, numbers["metric_full"], chance])
+    _full_line(ax, result.metric_full, chance=chance)
+    _headroom(ax, [*values, result.metric_full, chance])
     ax.set_xlabel("particles zeroed (all of one kind)")
     ax.set_ylabel(metric_label(run.metric_name))
-    ax.set_title(f"Particle dropout (step {numbers['final_step']})")
+    ax.set_title(f"Particle dropout (step {result.final_step})")
     ax.legend(loc="upper right")
     return save_figure(fig, path)
 
 
-def _sparsity_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
-    tables = [("self-replicators", numbers["equal_sparsity"], "self_replicators")]
-    if numbers["equal_sparsity_pure"]["count"] > 0:
-        tables.append(("pure self-replicators", numbers["equal_sparsity_pure"], "pure_self_replicators"))
+def _sparsity_figure(run: Run, result: PruningResult, path: Path) -> Path:
+    tables = [("self-replicators", result.equal_sparsity)]
+    if result.equal_sparsity_pure.count > 0:
+        tables.append(("pure self-replicators", result.equal_sparsity_pure))
     fig, axes = new_figure(1, width=9.0, height=3.6, rows=len(tables))
-    for ax, (title, table, key) in zip(axes[:, 0], tables):
+    for ax, (title, table) in zip(axes[:, 0], tables):
         labels = [f"the {title}", *(BASELINE_LABELS[b] for b in BASELINES), "random (mean ± sd)"]
-        values = [table[key], *(table[b] for b in BASELINES), table["random_mean"]]
+        values = [table.group, *(table.metric(b) for b in BASELINES), table.random_mean]
         colors = [KIND_COLOURS["self_replicator"], *(BASELINE_COLORS[b] for b in BASELINES), BASELINE_COLORS["random"]]
         y = np.arange(len(labels))[::-1]
-        log = positive_log_scale(ax, [*values, numbers["metric_full"], run.chance], axis="x")
+        log = positive_log_scale(ax, [*values, result.metric_full, run.chance], axis="x")
         _bars_or_dots(ax, y, values, colors, log, horizontal=True)
-        low = values[-1] - table["random_sd"]
+        low = values[-1] - table.random_sd
         if log and low <= 0:  # a whisker cannot reach 0 on a log axis: cut it at the axis, and say so
             ax.annotate("sd reaches below 0", (values[-1], y[-1]), xytext=(0, -12), textcoords="offset points",
                         ha="center", fontsize=7)  # fmt: skip
             low = min(values) / 10
-        ax.errorbar(values[-1], y[-1], xerr=[[values[-1] - low], [table["random_sd"]]], color="black", capsize=4)
-        ends = [*values[:-1], values[-1] + table["random_sd"]]  # labels clear of the error bar
+        ax.errorbar(values[-1], y[-1], xerr=[[values[-1] - low], [table.random_sd]], color="black", capsize=4)
+        ends = [*values[:-1], values[-1] + table.random_sd]  # labels clear of the error bar
         for yi, v, end in zip(y, values, ends):
             ax.annotate(f"{v:.3g}", (end, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=9,
                         bbox=LABEL_BOX)  # fmt: skip
         ax.set_yticks(y, labels)
-        _full_line(ax, numbers["metric_full"], horizontal=False, chance=run.chance)
-        _headroom(ax, [*ends, numbers["metric_full"], run.chance], axis="x")
+        _full_line(ax, result.metric_full, horizontal=False, chance=run.chance)
+        _headroom(ax, [*ends, result.metric_full, run.chance], axis="x")
         ax.set_xlabel(metric_label(run.metric_name))
-        ax.set_title(f"Zeroing the {table['count']} {title} ({table['fraction']:.1%} of {run.n_particles} particles) "
+        ax.set_title(f"Zeroing the {table.count} {title} ({table.fraction:.1%} of {run.n_particles} particles) "
                      "vs as many by each baseline", fontsize=10)  # fmt: skip
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return save_figure(fig, path)
 
 
-def _curve_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
+def _curve_figure(run: Run, result: PruningResult, path: Path) -> Path:
     fig, axes = new_figure(1, width=7.5, height=5.2)
     ax = axes[0, 0]
-    curve = numbers["curve"]
-    x = curve["fraction"]
+    curve = result.curve
+    x = curve.fraction
     for name in BASELINES:
-        ax.plot(x, curve[name], marker=".", color=BASELINE_COLORS[name], label=BASELINE_LABELS[name])
-    draws = numbers["random_draws"]
-    ax.plot(x, curve["random_mean"], color=BASELINE_COLORS["random"], label=f"random, mean of {draws} draws")
-    ax.fill_between(x, curve["random_p16"], curve["random_p84"], color=BASELINE_COLORS["random"], alpha=0.25,
+        ax.plot(x, curve.baseline(name), marker=".", color=BASELINE_COLORS[name], label=BASELINE_LABELS[name])
+    draws = result.random_draws
+    ax.plot(x, curve.random_mean, color=BASELINE_COLORS["random"], label=f"random, mean of {draws} draws")
+    ax.fill_between(x, curve.random_p16, curve.random_p84, color=BASELINE_COLORS["random"], alpha=0.25,
                     label="random, central 68% of draws")  # fmt: skip
-    equal = numbers["equal_sparsity"]
-    ax.plot(equal["fraction"], equal["self_replicators"], "*", ms=16, color=KIND_COLOURS["self_replicator"],
+    equal, pure = result.equal_sparsity, result.equal_sparsity_pure
+    ax.plot(equal.fraction, equal.group, "*", ms=16, color=KIND_COLOURS["self_replicator"],
             mec="black", label="all self-replicators zeroed")  # fmt: skip
-    if equal["pure_count"] > 0:
-        label = f"pure self-replicators zeroed (relative contribution < {numbers['pure_threshold']:g})"
-        ax.plot(equal["pure_fraction"], equal["pure_self_replicators"], "D", ms=8, color="#aec7e8", mec="black",
-                label=label)  # fmt: skip
-    _full_line(ax, numbers["metric_full"], chance=run.chance)
-    every = np.concatenate([curve[b] for b in BASELINES] + [curve["random_p16"], [equal["self_replicators"]]])
+    if pure.count > 0:
+        label = f"pure self-replicators zeroed (relative contribution < {result.pure_threshold:g})"
+        ax.plot(pure.fraction, pure.group, "D", ms=8, color="#aec7e8", mec="black", label=label)
+    _full_line(ax, result.metric_full, chance=run.chance)
+    every = np.concatenate([curve.baseline(b) for b in BASELINES] + [curve.random_p16, [equal.group]])
     positive_log_scale(ax, every)
     ax.set_xlabel("fraction of particles zeroed")
     ax.set_ylabel(metric_label(run.metric_name))
@@ -339,10 +473,10 @@ def _curve_figure(run: Run, numbers: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _contribution_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, path: Path) -> Path:
-    particles = numbers["particles"]
-    relative, losses, exact = particles["contribution_relative"], particles["sr_loss"], particles["exact_metric_change"]
-    threshold = numbers["pure_threshold"]
+def _contribution_figure(run: Run, result: PruningResult, path: Path) -> Path:
+    particles, kinds = result.particles, result.kinds
+    relative, losses, exact = particles.contribution_relative, particles.sr_loss, particles.exact_metric_change
+    threshold = result.pure_threshold
     fig, axes = new_figure(3 if exact is not None else 2, width=5.4, height=4.6)
     present = [run.kind_names[k] for k in np.unique(kinds)]
     colors = np.array([KIND_COLOURS[run.kind_names[k]] for k in kinds])
@@ -358,32 +492,32 @@ def _contribution_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, p
         ax.axvline(floor, color="grey", lw=6, alpha=0.2, label="contribution exactly 0")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("relative task contribution\n(1 = average particle of its neuron)")
+    ax.set_xlabel("relative task contribution on the validation split\n(1 = average particle of its neuron)")
     ax.set_ylabel("SR loss")
     ax.set_title("Task contribution vs SR loss")
     handles = kind_legend_handles(present) + ax.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=8, loc="best")
 
     ax = axes[0, 1]
-    scan = numbers["threshold_scan"]
-    ax.plot(scan["threshold"], scan["metric"], marker="o", color=KIND_COLOURS["self_replicator"],
+    scan = result.threshold_scan
+    ax.plot(scan.threshold, scan.metric, marker="o", color=KIND_COLOURS["self_replicator"],
             label="self-replicators below the threshold zeroed")  # fmt: skip
-    for t, m, c in zip(scan["threshold"], scan["metric"], scan["count"]):
+    for t, m, c in zip(scan.threshold, scan.metric, scan.count):
         ax.annotate(f"n={c}", (t, m), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)
-    _full_line(ax, numbers["metric_full"])
+    _full_line(ax, result.metric_full)
     ax.axvline(threshold, color="black", ls=":", lw=1, label=f"chosen threshold ({threshold:g})")
     ax.set_xscale("log")
-    positive_log_scale(ax, [*scan["metric"], numbers["metric_full"]])
+    positive_log_scale(ax, [*scan.metric, result.metric_full])
     ax.margins(y=0.15)
     ax.set_xlabel("pure threshold (relative task contribution)")
-    ax.set_ylabel(metric_label(run.metric_name))
+    ax.set_ylabel(f"{metric_label(run.metric_name)}, test split")
     ax.set_title("Where the pure threshold sits")
     ax.legend(fontsize=8, loc="best")
 
     if exact is not None:
         ax = axes[0, 2]
         # the change in the worse direction, on a log axis; particles whose removal helps are drawn hollow
-        worse = exact if not numbers["higher_is_better"] else -exact
+        worse = exact if not result.higher_is_better else -exact
         size = np.abs(worse)
         nonzero = size[size > 0]
         size_floor = nonzero.min() / 10 if len(nonzero) else 1e-12
@@ -395,8 +529,8 @@ def _contribution_figure(run: Run, numbers: dict[str, Any], kinds: np.ndarray, p
         ax.axvline(threshold, color="black", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("relative task contribution")
-        ax.set_ylabel(f"|change in {run.metric_name}| when zeroed alone")
+        ax.set_xlabel("relative task contribution (validation)")
+        ax.set_ylabel(f"|change in validation {run.metric_name}| when zeroed alone")
         ax.set_title("Exact single-particle ablation")
         handles = kind_legend_handles(present) + ax.get_legend_handles_labels()[0]
         ax.legend(handles=handles, fontsize=8, loc="best")

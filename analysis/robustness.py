@@ -42,7 +42,6 @@ from analysis import known_fixpoint
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
-    Result,
     Run,
     UsageError,
     kind_legend_handles,
@@ -51,6 +50,7 @@ from analysis.common import (
     run_script,
     save_figure,
 )
+from analysis.results import Numbers, Result
 from sim.particles import (
     DIVERGENT,
     KIND_EPS,
@@ -122,28 +122,77 @@ def noisy_copies(
     return bank + noise * scale
 
 
-def _quartiles(values: np.ndarray) -> dict[str, float] | None:
+@dataclass(frozen=True)
+class Quartiles(Numbers):
+    """The spread of some values."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    mean: float
+
+
+@dataclass(frozen=True)
+class Level(Numbers):
+    """What became of the noisy copies of one noise level."""
+
+    noise: float  # the scale s of the uniform noise in [-s, s]
+    n: int  # copies
+    sr_steps: Quartiles | None  # self-applications until not a self-replicator
+    stayed_sr_fraction: float  # share that stayed a self-replicator throughout
+    verged_fraction: float  # share that became zero or divergent
+    vergence_steps: Quartiles | None  # self-applications until then, over those that did; None if none did
+    end_fraction: dict[str, float]  # kind name -> share of the copies ending as that kind
+
+
+@dataclass(frozen=True)
+class Stability(Numbers):
+    """The self-application Jacobian at every final self-replicator, arrays `[R]`."""
+
+    spectral_radius: np.ndarray
+    spectral_radius_summary: Quartiles | None
+    attracting_count: int  # self-replicators with spectral radius < 1
+    residual: np.ndarray  # max_j |p(c_j) - w_j|
+    residual_summary: Quartiles | None
+    predicted_sr_steps: np.ndarray  # inf where the radius is <= 1
+    predicted_sr_steps_summary: Quartiles | None  # over the finite predictions
+    jacobian: str  # how the Jacobian was computed
+
+
+@dataclass(frozen=True)
+class RobustnessResult(Result):
+    """The noise experiment on the final self-replicators of one run."""
+
+    final_step: int
+    weights_source: str  # `checkpoint` or `snapshot`
+    n_self_replicators: int
+    repeats: int  # noisy copies per self-replicator and level
+    max_steps: int  # most self-applications per copy
+    noise_seed: int
+    noise: str  # the noise, in words
+    levels: dict[str, Level]  # "0" (the noise-free control) or "1e-E" -> that level
+    stability: Stability
+    particle_ids: np.ndarray  # the self-replicators' particle ids
+
+
+def _quartiles(values: np.ndarray) -> Quartiles | None:
     if not len(values):
         return None
     q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"median": float(median), "q1": float(q1), "q3": float(q3), "min": float(values.min()),
-            "max": float(values.max()), "mean": float(values.mean())}  # fmt: skip
+    return Quartiles(float(median), float(q1), float(q3), float(values.min()), float(values.max()),
+                     float(values.mean()))  # fmt: skip
 
 
-def summarise(outcome: Outcome, noise: float) -> dict[str, Any]:
+def summarise(outcome: Outcome, noise: float) -> Level:
     """Numbers of one noise level: quartiles of both step counts, and the fractions that verged, stayed a
     self-replicator throughout, and end as each kind."""
     verged = np.isfinite(outcome.vergence_steps)
     end = np.bincount(outcome.end_kind, minlength=len(KIND_NAMES)) / len(outcome.end_kind)
-    return {
-        "noise": noise,
-        "n": len(outcome.sr_steps),
-        "sr_steps": _quartiles(outcome.sr_steps),
-        "stayed_sr_fraction": float(outcome.stayed_sr.mean()),
-        "verged_fraction": float(verged.mean()),
-        "vergence_steps": _quartiles(outcome.vergence_steps[verged]),
-        "end_fraction": dict(zip(KIND_NAMES, end.tolist())),
-    }
+    return Level(noise, len(outcome.sr_steps), _quartiles(outcome.sr_steps), float(outcome.stayed_sr.mean()),
+                 float(verged.mean()), _quartiles(outcome.vergence_steps[verged]),
+                 dict(zip(KIND_NAMES, end.tolist())))  # fmt: skip
 
 
 def predicted_sr_steps(residual: np.ndarray, radius: np.ndarray, eps: float = KIND_EPS) -> np.ndarray:
@@ -154,7 +203,7 @@ def predicted_sr_steps(residual: np.ndarray, radius: np.ndarray, eps: float = KI
     return np.where(radius > 1, np.maximum(steps, 1), np.inf)
 
 
-def stability(replicators: torch.Tensor, spec: ParticleSpec) -> dict[str, Any]:
+def stability(replicators: torch.Tensor, spec: ParticleSpec) -> Stability:
     """Spectral radius of the self-application Jacobian, residual and predicted steps as self-replicator of every
     particle of `replicators [R, n]` (float64)."""
     radius = self_application_spectral_radius(replicators, spec).numpy()  # [R]
@@ -162,16 +211,9 @@ def stability(replicators: torch.Tensor, spec: ParticleSpec) -> dict[str, Any]:
         residual = (self_apply(replicators, spec) - replicators).abs().amax(dim=1).numpy()  # [R]
     predicted = predicted_sr_steps(residual, radius)
     finite = predicted[np.isfinite(predicted)]
-    return {
-        "spectral_radius": radius,
-        "spectral_radius_summary": _quartiles(radius),
-        "attracting_count": int((radius < 1).sum()),
-        "residual": residual,
-        "residual_summary": _quartiles(residual),
-        "predicted_sr_steps": predicted,
-        "predicted_sr_steps_summary": _quartiles(finite),
-        "jacobian": "closed form (linear particles)" if spec.linear else "torch.func.jacrev (nonlinear particles)",
-    }
+    jacobian = "closed form (linear particles)" if spec.linear else "torch.func.jacrev (nonlinear particles)"
+    return Stability(radius, _quartiles(radius), int((radius < 1).sum()), residual, _quartiles(residual), predicted,
+                     _quartiles(finite), jacobian)  # fmt: skip
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -185,7 +227,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--noise-exponents must lie in 0..30 (noise 10^-e), got {bad[0]}")
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> RobustnessResult:
     """The noise experiment on the final self-replicators; the box-plot figure into `out_dir`."""
     run.require_particles("the robustness experiment")
     check_options(args)
@@ -199,47 +241,47 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     outcome = iterate_self_application(bank, run.spec, args.max_steps)
     per_level = len(ids) * args.repeats
     results = [outcome.part(slice(i * per_level, (i + 1) * per_level)) for i in range(len(levels))]
-    numbers = {
-        "final_step": step,
-        "weights_source": source,
-        "n_self_replicators": len(ids),
-        "repeats": args.repeats,
-        "max_steps": args.max_steps,
-        "noise_seed": args.noise_seed,
-        "noise": "uniform in [-s, s] on every weight, float64",
-        "levels": {_level_key(level): summarise(result, level) for result, level in zip(results, levels)},
-        "stability": stability(replicators, run.spec),
-        "particle_ids": ids,
-    }
+    result = RobustnessResult(
+        final_step=step,
+        weights_source=source,
+        n_self_replicators=len(ids),
+        repeats=args.repeats,
+        max_steps=args.max_steps,
+        noise_seed=args.noise_seed,
+        noise="uniform in [-s, s] on every weight, float64",
+        levels={_level_key(level): summarise(outcome, level) for outcome, level in zip(results, levels)},
+        stability=stability(replicators, run.spec),
+        particle_ids=ids,
+    )
     figure = _figure if len(ids) else _empty_figure
-    return Result(numbers, [figure(run, numbers, results, out_dir / "robustness.png")])
+    return result.with_figures([figure(run, result, results, out_dir / "robustness.png")])
 
 
-def findings(numbers: dict[str, Any]) -> list[str]:
+def findings(result: RobustnessResult) -> list[str]:
     """What the spectral radii say about the final self-replicators, in sentences with numbers."""
-    n, st = numbers["n_self_replicators"], numbers["stability"]
+    n, st = result.n_self_replicators, result.stability
     if not n:
-        return [f"No particle is a self-replicator at step {numbers['final_step']}, so no fixpoint to test."]
-    radius, predicted = st["spectral_radius_summary"], st["predicted_sr_steps_summary"]
-    attracting = st["attracting_count"]
+        return [f"No particle is a self-replicator at step {result.final_step}, so no fixpoint to test."]
+    radius, predicted = st.spectral_radius_summary, st.predicted_sr_steps_summary
+    attracting = st.attracting_count
     verdict = (
         f"{attracting} of {n} are attracting fixpoints (rho < 1)"
         if attracting
-        else f"none is an attracting fixpoint, which needs rho < 1: even the smallest rho, {radius['min']:.3g}, lets a "
-        f"deviation grow {radius['min']:.3g}-fold per self-application"
+        else f"none is an attracting fixpoint, which needs rho < 1: even the smallest rho, {radius.min:.3g}, lets a "
+        f"deviation grow {radius.min:.3g}-fold per self-application"
     )
     out = [
         f"Spectral radius rho of the self-application Jacobian at the {n} final self-replicators: median "
-        f"{radius['median']:.3g} (range {radius['min']:.3g} to {radius['max']:.3g}); {verdict}."
+        f"{radius.median:.3g} (range {radius.min:.3g} to {radius.max:.3g}); {verdict}."
     ]
-    control = numbers["levels"].get("0", {}).get("sr_steps")
+    control = result.levels["0"].sr_steps if "0" in result.levels else None
     if predicted is not None:
-        residual = st["residual_summary"]
-        measured = f"; the noise-free control measures a median of {control['median']:g}" if control else ""
+        residual = st.residual_summary
+        measured = f"; the noise-free control measures a median of {control.median:g}" if control else ""
         out.append(
-            f"From their residuals |p(c_j) - w_j| (median {residual['median']:.2g}, tolerance {KIND_EPS:g}) growing "
+            f"From their residuals |p(c_j) - w_j| (median {residual.median:.2g}, tolerance {KIND_EPS:g}) growing "
             f"by rho per step, repeated self-application is predicted to keep them self-replicators for a median of "
-            f"{predicted['median']:g} self-applications (range {predicted['min']:g} to {predicted['max']:g}) before "
+            f"{predicted.median:g} self-applications (range {predicted.min:g} to {predicted.max:g}) before "
             f"they shrink to zero or grow until divergent{measured}."
         )
     return out
@@ -257,11 +299,11 @@ def _level_label(noise: float) -> str:
     return "0\n(control)" if noise == 0 else _level_key(noise)
 
 
-def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Path) -> Path:
-    levels = [entry["noise"] for entry in numbers["levels"].values()]
+def _figure(run: Run, result: RobustnessResult, results: list[Outcome], path: Path) -> Path:
+    levels = [entry.noise for entry in result.levels.values()]
     labels = [_level_label(s) for s in levels]
     x = np.arange(1, len(levels) + 1)
-    cap = numbers["max_steps"]
+    cap = result.max_steps
     fig, axes = new_figure(4, width=5.2, height=4.4)
     box = {"widths": 0.6, "patch_artist": True, "medianprops": {"color": "black"},
            "flierprops": {"markersize": 3, "alpha": 0.5}}  # fmt: skip
@@ -271,7 +313,7 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     for patch in parts["boxes"]:
         patch.set_facecolor(KIND_COLOURS["self_replicator"])
         patch.set_alpha(0.6)
-    stayed = [e["stayed_sr_fraction"] for e in numbers["levels"].values()]
+    stayed = [e.stayed_sr_fraction for e in result.levels.values()]
     if any(stayed):
         ax.axhline(cap, color="black", ls=":", lw=1, label=f"cap ({cap} steps)")
         ax.legend(fontsize=8, loc="upper right")
@@ -290,16 +332,16 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
         ax.text(0.5, 0.5, f"no copy became zero or divergent\nwithin {cap} self-applications", ha="center",
                 va="center", transform=ax.transAxes)  # fmt: skip
     ax.set_ylim(-0.5, top * 1.18 + 1)
-    for xi, entry in zip(x, numbers["levels"].values()):
-        ax.annotate(f"{entry['verged_fraction']:.0%}", (xi, top * 1.06 + 0.5), ha="center", fontsize=7)
+    for xi, entry in zip(x, result.levels.values()):
+        ax.annotate(f"{entry.verged_fraction:.0%}", (xi, top * 1.06 + 0.5), ha="center", fontsize=7)
     ax.set_ylabel("self-applications until zero or divergent")
     ax.set_title(f"Time to zero or divergent (labels: share that got there within {cap})", fontsize=10)
 
     ax = axes[0, 2]
     bottom = np.zeros(len(levels))
-    present = [k for k in KIND_NAMES if any(e["end_fraction"][k] > 0 for e in numbers["levels"].values())]
+    present = [k for k in KIND_NAMES if any(e.end_fraction[k] > 0 for e in result.levels.values())]
     for kind in present:
-        share = np.array([e["end_fraction"][kind] for e in numbers["levels"].values()])
+        share = np.array([e.end_fraction[kind] for e in result.levels.values()])
         ax.bar(x, share, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
         bottom += share
     ax.set_ylim(0, 1)
@@ -312,17 +354,17 @@ def _figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Pat
     for ax in axes[0, :3]:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("noise scale s (uniform in [-s, s])")
-    _stability_panel(axes[0, 3], numbers)
-    fig.suptitle(f"Noise robustness of the {numbers['n_self_replicators']} final "
-                 f"{KIND_LABELS['self_replicator']}s (step {numbers['final_step']}), {numbers['repeats']} noisy "
+    _stability_panel(axes[0, 3], result)
+    fig.suptitle(f"Noise robustness of the {result.n_self_replicators} final "
+                 f"{KIND_LABELS['self_replicator']}s (step {result.final_step}), {result.repeats} noisy "
                  f"copies each, self-applied up to {cap} times")  # fmt: skip
     return save_figure(fig, path)
 
 
-def _stability_panel(ax: Any, numbers: dict[str, Any]) -> None:
+def _stability_panel(ax: Any, result: RobustnessResult) -> None:
     """The spectral radius of every self-replicator against the attracting region rho < 1."""
-    st = numbers["stability"]
-    radius = np.asarray(st["spectral_radius"])
+    st = result.stability
+    radius = np.asarray(st.spectral_radius)
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(radius))
     ax.scatter(1 + jitter, radius, s=14, color=KIND_COLOURS["self_replicator"], alpha=0.7, label="self-replicator")
     ax.axhspan(0, 1, color="#2ca02c", alpha=0.15, label="attracting (rho < 1)")
@@ -331,19 +373,19 @@ def _stability_panel(ax: Any, numbers: dict[str, Any]) -> None:
     ax.set_xticks([])
     ax.set_ylim(0, max(float(radius.max()) * 1.15, 1.5))
     ax.set_ylabel("spectral radius rho of the self-application Jacobian")
-    predicted, control = st["predicted_sr_steps_summary"], numbers["levels"]["0"]["sr_steps"]
+    predicted, control = st.predicted_sr_steps_summary, result.levels["0"].sr_steps
     if predicted is not None:
-        ax.text(0.5, 0.04, f"predicted steps as self-replicator: median {predicted['median']:g}\n"
-                f"measured (noise-free control): median {control['median']:g}", transform=ax.transAxes,
+        ax.text(0.5, 0.04, f"predicted steps as self-replicator: median {predicted.median:g}\n"
+                f"measured (noise-free control): median {control.median:g}", transform=ax.transAxes,
                 ha="center", fontsize=8, bbox={"fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Stability of the fixpoints", fontsize=10)
 
 
-def _empty_figure(run: Run, numbers: dict[str, Any], results: list[Outcome], path: Path) -> Path:
+def _empty_figure(run: Run, result: RobustnessResult, results: list[Outcome], path: Path) -> Path:
     fig, axes = new_figure(1, width=6.4, height=2.4)
     axes[0, 0].set_axis_off()
-    axes[0, 0].text(0.5, 0.5, f"{run.name}: no self-replicators at step {numbers['final_step']},\nso no fixpoint "
+    axes[0, 0].text(0.5, 0.5, f"{run.name}: no self-replicators at step {result.final_step},\nso no fixpoint "
                     f"to perturb", ha="center", va="center", transform=axes[0, 0].transAxes)  # fmt: skip
     return save_figure(fig, path)
 

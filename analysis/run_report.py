@@ -16,8 +16,9 @@ import numpy as np
 
 from analysis import report_sections
 from analysis.common import KIND_LABELS, AnalysisError, Parser, Run, metric_label, write_json
-from analysis.pruning import within_tolerance
+from analysis.pruning import SELECTION_SPLIT, PruningResult, within_tolerance
 from analysis.report_format import fmt, md_figures, md_table, mean_sd, metric_words, percent, yes
+from analysis.results import Result
 from analysis.specialisation import read_events
 from sim.record import is_complete
 
@@ -46,12 +47,13 @@ STRATEGIES = {  # the rows of the equal-sparsity tables: key in equal_sparsity /
 PURE_JUSTIFICATION = (
     "A self-replicator is *pure* when its relative task contribution is below {threshold:g}, i.e. it carries less "
     "than {percent:g}% of what an average particle feeding the same neuron carries. (Relative contribution = the "
-    "particle's share of its neuron's summed mean |input x effective weight| on the held-out set, times the neuron's "
-    "fan-in; 1 is an average particle whatever the fan-in, 225 for MNIST's input layer and 2 to 5 elsewhere.) Why "
+    "particle's share of its neuron's summed mean |input x effective weight| on the validation split, times the "
+    "neuron's fan-in; 1 is an average particle whatever the fan-in, 225 for MNIST's input layer and 2 to 5 "
+    "elsewhere.) Why "
     "{threshold:g}: a neuron of fan-in F has at most F pure particles, each carrying a share below {threshold:g}/F, so "
     "together they carry less than {percent:g}% of the neuron's summed absolute input; zeroing every pure "
     "self-replicator therefore moves no neuron by more than {percent:g}% of its input scale (mean absolute value over "
-    "the held-out set), far less than it takes to change an output, and the bound holds for every layer alike. The "
+    "the validation split), far less than it takes to change an output, and the bound holds for every layer alike. The "
     "scan below zeroes the self-replicators under each candidate threshold and shows where larger cuts start to "
     "remove particles the task uses."
 )
@@ -87,9 +89,12 @@ class Outcome:
     name: str
     status: str  # "done", "skipped" (the run lacks its data) or "unavailable" (the module is not installed)
     note: str | None = None
-    numbers: dict[str, Any] | None = None
-    figures: list[Path] = field(default_factory=list)
+    result: Result | None = None  # the script's typed result, when done
     seconds: float = 0.0
+
+    @property
+    def figures(self) -> tuple[Path, ...]:
+        return self.result.figures if self.result is not None else ()
 
 
 def load_scripts(names: tuple[str, ...] = SCRIPTS) -> list[Script]:
@@ -143,10 +148,8 @@ def run_scripts(run: Run, out: Path, scripts: list[Script], given: argparse.Name
             note = " ".join(str(exc).splitlines())
             outcomes.append(Outcome(script.name, "skipped", note, seconds=time.perf_counter() - start))
             continue
-        write_json(out / f"{script.name}.json", result.numbers)
-        outcomes.append(
-            Outcome(script.name, "done", None, result.numbers, list(result.figures), time.perf_counter() - start)
-        )
+        write_json(out / f"{script.name}.json", result.to_json())
+        outcomes.append(Outcome(script.name, "done", None, result, time.perf_counter() - start))
     return outcomes
 
 
@@ -221,8 +224,14 @@ class RunReport:
     series: dict[str, np.ndarray]
     complete: bool
 
-    def numbers(self, name: str) -> dict[str, Any] | None:
-        return next((o.numbers for o in self.outcomes if o.name == name and o.status == "done"), None)
+    def result(self, name: str) -> Result | None:
+        """The typed result of script `name`, None where it did not run."""
+        return next((o.result for o in self.outcomes if o.name == name and o.status == "done"), None)
+
+    def pruning(self) -> PruningResult | None:
+        """The pruning result, None where pruning did not run."""
+        result = self.result("pruning")
+        return result if isinstance(result, PruningResult) else None
 
 
 def report_run(
@@ -233,8 +242,8 @@ def report_run(
     outcomes = run_scripts(run, out, scripts, given)
     headline = record_numbers(run)
     for outcome in outcomes:
-        if outcome.numbers is not None:
-            headline.update(scalars(outcome.numbers, outcome.name))
+        if outcome.result is not None:
+            headline.update(scalars(outcome.result.to_json(), outcome.name))
     report = RunReport(out, label or run.name, run, outcomes, headline, series(run), is_complete(run.run_dir))
     (out / "report.md").write_text(_run_markdown(report))
     write_json(out / "summary.json", _run_summary(report))
@@ -293,10 +302,10 @@ def _run_markdown(report: RunReport) -> str:
         if outcome.status != "done":
             lines.append(f"*Skipped*: {outcome.note}\n")
             continue
-        if outcome.name == "pruning":
-            lines += _pruning_markdown(run, outcome.numbers)
+        if isinstance(outcome.result, PruningResult):
+            lines += _pruning_markdown(run, outcome.result)
         else:
-            lines += report_sections.body(outcome.name, run, outcome.numbers, report.out)
+            lines += report_sections.body(outcome.name, run, outcome.result, report.out)
         lines += md_figures(outcome.figures, report.out)
         lines.append(f"Numbers: [`{outcome.name}.json`]({outcome.name}.json).\n")
     return "\n".join(lines)
@@ -320,10 +329,10 @@ def _run_findings(report: RunReport) -> list[str]:
     for o in report.outcomes:
         if o.status != "done":
             out.append(f"`analysis.{o.name}` skipped: {o.note}")
-        elif o.name == "pruning":
-            out += pruning_findings(run, o.numbers)
+        elif isinstance(o.result, PruningResult):
+            out += pruning_findings(run, o.result)
         else:
-            sentences = report_sections.findings(o.name, run, o.numbers)
+            sentences = report_sections.findings(o.name, run, o.result)
             if sentences:
                 out.append(f"**{SCRIPT_TITLES.get(o.name, o.name)}.** " + " ".join(sentences))
     return out
@@ -340,125 +349,131 @@ def event_findings(run: Run) -> list[str]:
     return [f"Population events over the {fmt(run.steps['step'][-1])} steps: {parts} ({len(events['step'])} in all)."]
 
 
-def pruning_findings(run: Run, n: dict[str, Any]) -> list[str]:
+def pruning_findings(run: Run, n: PruningResult) -> list[str]:
     """The pruning result of one run in sentences with numbers."""
-    words, full = metric_words(run), n["metric_full"]
-    eq, eqp, within = n["equal_sparsity"], n["equal_sparsity_pure"], n["within_tolerance"]
+    words, full = metric_words(run), n.metric_full
+    eq, eqp = n.equal_sparsity, n.equal_sparsity_pure
     out = []
-    drop = n["dropout"]
+    drop = n.dropout
     if "self_replicator" in drop:
         out.append(
-            f"Dropping all {drop['self_replicator']['count']} self-replicators leaves the {words} at "
-            f"{fmt(eq['self_replicators'])} vs {fmt(full)} full, both in float64 ({tolerance_label(n)}: "
-            f"{yes(within['equal_sparsity']['self_replicators'])})."
+            f"Dropping all {drop['self_replicator'].count} self-replicators leaves the {words} at "
+            f"{fmt(eq.group)} vs {fmt(full)} full, both in float64 ({tolerance_label(n)}: "
+            f"{yes(eq.within['self_replicators'])})."
         )
     else:
         out.append(f"No particle is a self-replicator at the end; the full organism's {words} is {fmt(full)}.")
     for kind, d in drop.items():
         if kind != "self_replicator":
-            out.append(f"Dropping all {d['count']} `{kind}` particles gives {fmt(d['metric'])}.")
-    replicators = drop.get("self_replicator", {}).get("count", 0)
+            out.append(f"Dropping all {d.count} `{kind}` particles gives {fmt(d.metric)}.")
+    replicators = drop["self_replicator"].count if "self_replicator" in drop else 0
     out.append(
-        f"Pure self-replicators (relative task contribution < {n['pure_threshold']:g}): {eq['pure_count']} of "
-        f"{replicators}; dropping them leaves {fmt(eqp['pure_self_replicators'])} ({tolerance_label(n)}: "
-        f"{yes(within['equal_sparsity_pure']['pure_self_replicators'])})."
+        f"Pure self-replicators (relative task contribution on the {n.selection_split} split < "
+        f"{n.pure_threshold:g}): {eqp.count} of {replicators}; dropping them leaves {fmt(eqp.group)} "
+        f"({tolerance_label(n)}: {yes(eqp.within['pure_self_replicators'])})."
     )
-    if eq["count"] > 0:
+    if eq.count > 0:
         out.append(
-            f"At the same sparsity as the self-replicators ({eq['count']} particles, {percent(eq['fraction'])}): "
-            f"smallest |effective weight| {fmt(eq['magnitude'])}, smallest L1 norm {fmt(eq['l1'])}, smallest "
-            f"task contribution {fmt(eq['contribution'])}, random {mean_sd(eq['random_mean'], eq['random_sd'])} "
-            f"(over {n['random_draws']} draws)." + (ALL_REPLICATORS if eq["fraction"] == 1 else "")
+            f"At the same sparsity as the self-replicators ({eq.count} particles, {percent(eq.fraction)}): "
+            f"smallest |effective weight| {fmt(eq.magnitude)}, smallest L1 norm {fmt(eq.l1)}, smallest "
+            f"task contribution {fmt(eq.contribution)}, random {mean_sd(eq.random_mean, eq.random_sd)} "
+            f"(over {n.random_draws} draws)." + (ALL_REPLICATORS if eq.fraction == 1 else "")
         )
     sr = sr_contributions(n)
-    if len(sr) and not within["equal_sparsity"]["self_replicators"]:
+    if len(sr) and not eq.within["self_replicators"]:
         out.append(
             f"The self-replicators carry the task: their median relative task contribution is "
             f"{fmt(float(np.median(sr)))} (1 = an average particle of their neuron), "
-            f"{int((sr >= n['pure_threshold']).sum())} of {len(sr)} are above the pure threshold. {CARRY_REASON}"
+            f"{int((sr >= n.pure_threshold).sum())} of {len(sr)} are above the pure threshold. {CARRY_REASON}"
         )
     return out
 
 
-def sr_contributions(n: dict[str, Any]) -> np.ndarray:
-    """Relative task contributions of the self-replicators of one pruning result, `[n_SR]`."""
-    relative = np.asarray(n["particles"]["contribution_relative"], dtype=float)
-    return relative[np.asarray(n["particles"]["kind"]) == "self_replicator"]
+def sr_contributions(n: PruningResult) -> np.ndarray:
+    """Relative task contributions (validation) of the self-replicators of one pruning result, `[n_SR]`."""
+    relative = np.asarray(n.particles.contribution_relative, dtype=float)
+    return relative[np.asarray(n.particles.kind) == "self_replicator"]
 
 
-def largest_safe_threshold(n: dict[str, Any]) -> float | None:
-    """The largest scanned pure threshold whose zeroed self-replicators leave the metric within 1% (and every smaller
-    one too), or None when even the smallest does not."""
-    scan = n["threshold_scan"]
+def largest_safe_threshold(n: PruningResult) -> float | None:
+    """The largest scanned pure threshold whose zeroed self-replicators leave the validation metric within 1% (and
+    every smaller one too), or None when even the smallest does not: a choice, so it reads the validation split."""
+    scan = n.threshold_scan
+    full = n.metric_full_validation
     safe = None
-    for threshold, metric in zip(scan["threshold"], scan["metric"]):
-        if not within_tolerance(metric, n["metric_full"], n["higher_is_better"], n["tolerance"], _floor(n)):
+    for threshold, metric in zip(scan.threshold, scan.validation_metric):
+        if not within_tolerance(metric, full, n.higher_is_better, n.tolerance, n.metric_floor):
             break
         safe = threshold
     return safe
 
 
-def _floor(n: dict[str, Any]) -> float:
-    return float(n.get("metric_floor", 0.0))
-
-
-def tolerance_label(n: dict[str, Any]) -> str:
+def tolerance_label(n: PruningResult) -> str:
     """ "within 1%", with the float floor where there is one."""
-    floor = _floor(n)
-    return f"within 1% or the {n.get('run_dtype', 'float32')} floor {floor:.2g}" if floor else "within 1%"
+    return f"within 1% or the {n.run_dtype} floor {n.metric_floor:.2g}" if n.metric_floor else "within 1%"
 
 
-def floor_words(n: dict[str, Any]) -> str:
+def floor_words(n: PruningResult) -> str:
     """The float floor of a pruning result's "within 1%" comparisons, in words."""
-    floor = _floor(n)
-    if floor == 0:
+    if n.metric_floor == 0:
         return "with no float floor (accuracy counts whole samples)"
-    return (f"or at most the {n.get('run_dtype', 'float32')} floor {floor:.2g} worse where 1% is less (differences "
-            f"below it are rounding of the run's dtype)")  # fmt: skip
+    return (f"or at most the {n.run_dtype} floor {n.metric_floor:.2g} worse where 1% is less (differences below it "
+            f"are rounding of the run's dtype)")  # fmt: skip
 
 
 def pure_justification(threshold: float) -> str:
     return PURE_JUSTIFICATION.format(threshold=threshold, percent=100 * threshold)
 
 
-def _pruning_markdown(run: Run, n: dict[str, Any]) -> list[str]:
-    full, eq, eqp = n["metric_full"], n["equal_sparsity"], n["equal_sparsity_pure"]
-    within = n["within_tolerance"]
+def split_words(n: PruningResult) -> str:
+    """Which split each number used, in a sentence."""
+    sizes = n.split
+    return (
+        f"Every choice (task contributions, the pure set, the contribution baseline, the exact ablation, the "
+        f"threshold range below) uses the {n.selection_split} split ({sizes.get(n.selection_split, '?')} samples); "
+        f"every metric reported uses the {n.reported_split} split ({sizes.get(n.reported_split, '?')} samples), the "
+        f"held-out set of training."
+    )
+
+
+def _pruning_markdown(run: Run, n: PruningResult) -> list[str]:
+    full, eq, eqp = n.metric_full, n.equal_sparsity, n.equal_sparsity_pure
     lines = [
-        f"Full organism: {metric_words(run)} {fmt(full)} (final weights from the {n['weights_source']}, step "
-        f"{n['final_step']}; every metric evaluated in float64). *Within 1%* means at most 1% (relative) worse than "
-        f"the full organism, {floor_words(n)}.\n",
+        f"Full organism: {metric_words(run)} {fmt(full)} (final weights from the {n.weights_source}, step "
+        f"{n.final_step}; every metric evaluated in float64). *Within 1%* means at most 1% (relative) worse than "
+        f"the full organism, {floor_words(n)}. {split_words(n)}\n",
         "### Particle dropout\n",
     ]
     rows = []
-    for kind, d in n["dropout"].items():
-        ok = within_tolerance(d["metric"], full, n["higher_is_better"], n["tolerance"], _floor(n))
-        rows.append([KIND_LABELS.get(kind, kind), d["count"], d["metric"], d["metric"] - full, yes(ok)])
+    for kind, d in n.dropout.items():
+        ok = within_tolerance(d.metric, full, n.higher_is_better, n.tolerance, n.metric_floor)
+        rows.append([KIND_LABELS.get(kind, kind), d.count, d.metric, d.metric - full, yes(ok)])
     lines.append(md_table(["kind zeroed", "count", "metric", "change vs full", "within 1%"], rows))
     lines.append("### Pruning at equal sparsity\n")
     header = [
         "strategy",
-        f"zeroing {eq['count']} ({percent(eq['fraction'])}, as many as the self-replicators)",
-        f"zeroing {eqp['count']} ({percent(eqp['fraction'])}, as many as the pure self-replicators)",
+        f"zeroing {eq.count} ({percent(eq.fraction)}, as many as the self-replicators)",
+        f"zeroing {eqp.count} ({percent(eqp.fraction)}, as many as the pure self-replicators)",
     ]
     rows = []
     for (key, label), key_pure in zip(STRATEGIES["equal_sparsity"].items(), STRATEGIES["equal_sparsity_pure"]):
-        a, b = eq[key], eqp[key_pure]
+        a, b = eq.metric(key), eqp.metric(key_pure)
         if key != "random_sd":
-            a = f"{fmt(a)} ({'within 1%' if within['equal_sparsity'][key] else 'worse'})"
-            b = f"{fmt(b)} ({'within 1%' if within['equal_sparsity_pure'][key_pure] else 'worse'})"
+            a = f"{fmt(a)} ({'within 1%' if eq.within[key] else 'worse'})"
+            b = f"{fmt(b)} ({'within 1%' if eqp.within[key_pure] else 'worse'})"
         rows.append([label if key != "self_replicators" else "the self-replicators / the pure ones", a, b])
     lines.append(md_table(header, rows))
-    lines.append(f"### The pure threshold ({n['pure_threshold']:g})\n")
-    lines.append(pure_justification(n["pure_threshold"]) + "\n")
-    scan = n["threshold_scan"]
-    rows = [[f"{t:g}", c, m] for t, c, m in zip(scan["threshold"], scan["count"], scan["metric"])]
-    lines.append(md_table(["threshold", "self-replicators below it", "metric with them zeroed"], rows))
+    lines.append(f"### The pure threshold ({n.pure_threshold:g})\n")
+    lines.append(pure_justification(n.pure_threshold) + "\n")
+    scan = n.threshold_scan
+    rows = [[f"{t:g}", c, m, v] for t, c, m, v in zip(scan.threshold, scan.count, scan.metric, scan.validation_metric)]
+    header = ["threshold", "self-replicators below it", "metric with them zeroed (test)", "the same on validation"]
+    lines.append(md_table(header, rows))
     safe = largest_safe_threshold(n)
-    inside = "inside" if safe is not None and n["pure_threshold"] <= safe else "outside"
+    inside = "inside" if safe is not None and n.pure_threshold <= safe else "outside"
     lines.append(
-        f"In this run {scan['zero_contribution_count']} self-replicators carry exactly nothing; zeroing the "
-        f"self-replicators below any scanned threshold up to {fmt(safe)} keeps the metric within 1% "
-        f"(the chosen {n['pure_threshold']:g} is {inside} that range).\n"
+        f"In this run {scan.zero_contribution_count} self-replicators carry exactly nothing; zeroing the "
+        f"self-replicators below any scanned threshold up to {fmt(safe)} keeps the {SELECTION_SPLIT} metric within "
+        f"1% (the chosen {n.pure_threshold:g} is {inside} that range).\n"
     )
     return lines

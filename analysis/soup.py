@@ -18,7 +18,6 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,7 +25,6 @@ from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
     AnalysisError,
-    Result,
     Run,
     new_figure,
     run_parser,
@@ -34,6 +32,7 @@ from analysis.common import (
     save_figure,
 )
 from analysis.report_format import md_table
+from analysis.results import Numbers, Result
 from sim.particles import SELF_REPLICATOR
 from sim.record import open_record, read_group
 
@@ -126,7 +125,43 @@ def largest_lineage(labels: np.ndarray, members: np.ndarray | None = None) -> np
     return np.array(sizes)
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+@dataclass(frozen=True)
+class TopLineage(Numbers):
+    """One of the largest lineages at the end."""
+
+    founder: int  # the particle id it descends from
+    size: int  # particles in it at the end
+    self_replicators: int  # of them self-replicators
+
+
+@dataclass(frozen=True)
+class LineageNumbers(Numbers):
+    """The lineages (who descends from whom through the events) at the end of a soup."""
+
+    alive_at_end: int
+    largest_at_end: int
+    largest_self_replicator_lineage_at_end: int  # the most self-replicators in one lineage
+    self_replicator_lineages_at_end: int  # lineages the self-replicators belong to
+    largest_ever: int
+    top: list[TopLineage]  # the largest at the end, largest first
+    # [particle, founder] and [particle, direct parent] of every final self-replicator (per-run detail, not headline
+    # numbers)
+    self_replicator_founders: list[list[int]]
+    self_replicator_parents: list[list[int]]
+
+
+@dataclass(frozen=True)
+class SoupResult(Result):
+    """Event counts and lineages of one run with population events."""
+
+    event_names: list[str]
+    event_totals: dict[str, int]  # event name -> events applied
+    events_per_step: dict[str, float]
+    final_step: int
+    lineages: LineageNumbers
+
+
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> SoupResult:
     """Event counts, the kind census with events, lineages; the figure `soup.png` into `out_dir`."""
     log = read_events(run)
     run.require_rows("particles", 1, "the kind census")
@@ -143,50 +178,49 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     sizes = np.bincount(final)
     top = np.argsort(-sizes, kind="stable")[:TOP_LINEAGES]
     final_sr = np.flatnonzero(replicators[-1])
-    numbers: dict[str, Any] = {
-        "event_names": log.names,
-        "event_totals": dict(zip(log.names, counts.sum(axis=0).tolist())),
-        "events_per_step": dict(zip(log.names, (counts.sum(axis=0) / max(last_step, 1)).tolist())),
-        "final_step": int(sample_steps[-1]),
-        "lineages": {
-            "alive_at_end": int(np.count_nonzero(sizes)),
-            "largest_at_end": int(largest[-1]),
-            "largest_self_replicator_lineage_at_end": int(largest_sr[-1]),
-            "self_replicator_lineages_at_end": int(sr_lineages[-1]),
-            "largest_ever": int(largest.max()),
-            "top": [{"founder": int(f), "size": int(sizes[f]),
-                     "self_replicators": int(np.count_nonzero(final[final_sr] == f))} for f in top if sizes[f]],
-            # [particle, founder] and [particle, direct parent] of every final self-replicator (lists: per-run detail,
-            # not headline numbers)
-            "self_replicator_founders": [[int(p), int(final[p])] for p in final_sr],
-            "self_replicator_parents": [[int(p), int(lineages.parent[p])] for p in final_sr],
-        },
-    }  # fmt: skip
+    result = SoupResult(
+        event_names=log.names,
+        event_totals=dict(zip(log.names, counts.sum(axis=0).tolist())),
+        events_per_step=dict(zip(log.names, (counts.sum(axis=0) / max(last_step, 1)).tolist())),
+        final_step=int(sample_steps[-1]),
+        lineages=LineageNumbers(
+            alive_at_end=int(np.count_nonzero(sizes)),
+            largest_at_end=int(largest[-1]),
+            largest_self_replicator_lineage_at_end=int(largest_sr[-1]),
+            self_replicator_lineages_at_end=int(sr_lineages[-1]),
+            largest_ever=int(largest.max()),
+            top=[
+                TopLineage(int(f), int(sizes[f]), int(np.count_nonzero(final[final_sr] == f))) for f in top if sizes[f]
+            ],
+            self_replicator_founders=[[int(p), int(final[p])] for p in final_sr],
+            self_replicator_parents=[[int(p), int(lineages.parent[p])] for p in final_sr],
+        ),
+    )
     series = {"steps": sample_steps, "largest": largest, "largest_sr": largest_sr, "sr_lineages": sr_lineages}
-    return Result(numbers, [_figure(run, counts, series, out_dir / "soup.png")])
+    return result.with_figures([_figure(run, counts, series, out_dir / "soup.png")])
 
 
 # --- what the report says -------------------------------------------------------------------------------------------
 
 
-def report_findings(run: Run, numbers: dict[str, Any]) -> list[str]:
+def report_findings(run: Run, result: SoupResult) -> list[str]:
     """The lineages in a sentence with numbers (the one-run report's findings; the event counts are its own)."""
-    lineages = numbers["lineages"]
+    lineages = result.lineages
     return [
-        f"At the end {lineages['alive_at_end']} lineages are alive, the largest {lineages['largest_at_end']} "
-        f"particles strong (the largest ever: {lineages['largest_ever']}); the self-replicators belong to "
-        f"{lineages['self_replicator_lineages_at_end']} lineages, the largest holding "
-        f"{lineages['largest_self_replicator_lineage_at_end']} of them.",
+        f"At the end {lineages.alive_at_end} lineages are alive, the largest {lineages.largest_at_end} "
+        f"particles strong (the largest ever: {lineages.largest_ever}); the self-replicators belong to "
+        f"{lineages.self_replicator_lineages_at_end} lineages, the largest holding "
+        f"{lineages.largest_self_replicator_lineage_at_end} of them.",
     ]
 
 
-def report_body(run: Run, numbers: dict[str, Any], out: Path) -> list[str]:
+def report_body(run: Run, result: SoupResult, out: Path) -> list[str]:
     """The report's tables: events per kind, and the largest lineages at the end."""
-    rows = [[name, total, f"{numbers['events_per_step'][name]:.3g}"] for name, total in numbers["event_totals"].items()]
+    rows = [[name, total, f"{result.events_per_step[name]:.3g}"] for name, total in result.event_totals.items()]
     lines = [md_table(["event", "applied", "per step"], rows)]
-    top = numbers["lineages"]["top"]
+    top = result.lineages.top
     if top:
-        rows = [[entry["founder"], entry["size"], entry["self_replicators"]] for entry in top]
+        rows = [[entry.founder, entry.size, entry.self_replicators] for entry in top]
         lines.append(md_table(["founder", "particles at the end", "of them self-replicators"], rows))
     return lines
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
     AnalysisError,
-    Result,
     Run,
     kind_legend_handles,
     metric_label,
@@ -35,6 +35,7 @@ from analysis.common import (
     run_script,
     save_figure,
 )
+from analysis.results import Numbers, Result
 from sim.particles import SELF_REPLICATOR
 from sim.record import RecordError, open_record, read_group
 
@@ -91,7 +92,61 @@ def sr_loss_summary(losses: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+@dataclass(frozen=True)
+class LayerKinds(Numbers):
+    """The kinds of one layer of an organism at the end."""
+
+    n_particles: int
+    kind_counts: dict[str, int]  # kind name -> particles of the layer at the last row
+    first_self_replicator_step: int | None  # the first row with a self-replicator in the layer
+
+
+@dataclass(frozen=True)
+class Series(Numbers):
+    """The `/particles` rows as time series, arrays `[T]`."""
+
+    step: np.ndarray
+    kind_counts: dict[str, np.ndarray]  # kind name -> count per row
+    held_out_metric: np.ndarray | None  # None for a soup or a run without a finite metric
+    sr_loss_mean: np.ndarray  # over the finite per-particle losses
+    sr_loss_median: np.ndarray
+
+
+@dataclass(frozen=True)
+class SpecialisationResult(Result):
+    """How the particles of one run specialise over time."""
+
+    mode: str
+    metric_name: str
+    n_particles: int
+    final_step: int  # the last `/particles` row
+    kind_counts: dict[str, int]  # kind name -> particles at the end
+    kind_fractions: dict[str, float]  # kind name -> share at the end
+    first_step: dict[str, int | None]  # kind name -> first row at which it occurs
+    first_self_replicator_step: int | None
+    sr_active_step: int | None  # the first step with self-training on (the gate opened)
+    final_metric: float | None  # the held-out (test) metric of the last row; None without a task
+    best_metric: float | None  # the best held-out metric over the rows
+    final_sr_loss_mean: float
+    final_sr_loss_median: float
+    per_layer: dict[str, LayerKinds] | None  # layer index -> its kinds; None for a soup
+    series: Series
+
+
+def per_layer_kinds(run: Run, layer_counts: np.ndarray) -> dict[str, LayerKinds]:
+    """Every layer's final kinds from its counts over time `[L, T, K]`."""
+    steps = run.particles["step"]
+    return {
+        str(layer): LayerKinds(
+            int((run.layers == layer).sum()),
+            dict(zip(run.kind_names, layer_counts[i, -1].tolist())),
+            _first_step(steps, layer_counts[i, :, SELF_REPLICATOR] > 0),
+        )
+        for i, layer in enumerate(np.unique(run.layers))
+    }
+
+
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> SpecialisationResult:
     """Kind counts, metric and SR loss over time, and the per-layer breakdown of one run; figures into `out_dir`."""
     run.require_particles("the specialisation figures")
     run.require_rows("particles", 1, "the specialisation figures")
@@ -102,51 +157,39 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
     metric = run.particles["held_out_metric"].astype(np.float64)  # [T]
     active = run.steps["sr_active"].astype(bool)
     has_metric = run.is_organism and bool(np.isfinite(metric).any())
-
-    per_layer = None
-    layer_counts = None
-    if run.is_organism and run.sizes:
-        layer_counts = kind_counts_by_layer(run)  # [L, T, K]
-        per_layer = {
-            str(layer): {
-                "n_particles": int((run.layers == layer).sum()),
-                "kind_counts": dict(zip(names, layer_counts[i, -1].tolist())),
-                "first_self_replicator_step": _first_step(steps, layer_counts[i, :, SELF_REPLICATOR] > 0),
-            }
-            for i, layer in enumerate(np.unique(run.layers))
-        }
+    layer_counts = kind_counts_by_layer(run) if run.is_organism and run.sizes else None  # [L, T, K]
     final = counts[-1]
-    numbers: dict[str, Any] = {
-        "mode": run.mode,
-        "metric_name": run.metric_name,
-        "n_particles": run.n_particles,
-        "final_step": int(steps[-1]),
-        "kind_counts": dict(zip(names, final.tolist())),
-        "kind_fractions": dict(zip(names, (final / max(final.sum(), 1)).tolist())),
-        "first_step": {name: _first_step(steps, counts[:, k] > 0) for k, name in enumerate(names)},
-        "first_self_replicator_step": _first_step(steps, counts[:, SELF_REPLICATOR] > 0),
-        "sr_active_step": _first_step(run.steps["step"], active),
-        "final_metric": float(metric[-1]) if has_metric else None,
-        "best_metric": _best(run, metric) if has_metric else None,
-        "final_sr_loss_mean": float(losses["mean"][-1]),
-        "final_sr_loss_median": float(losses["median"][-1]),
-        "per_layer": per_layer,
-        "series": {
-            "step": steps,
-            "kind_counts": {name: counts[:, k] for k, name in enumerate(names)},
-            "held_out_metric": metric if has_metric else None,
-            "sr_loss_mean": losses["mean"],
-            "sr_loss_median": losses["median"],
-        },
-    }
+    result = SpecialisationResult(
+        mode=run.mode,
+        metric_name=run.metric_name,
+        n_particles=run.n_particles,
+        final_step=int(steps[-1]),
+        kind_counts=dict(zip(names, final.tolist())),
+        kind_fractions=dict(zip(names, (final / max(final.sum(), 1)).tolist())),
+        first_step={name: _first_step(steps, counts[:, k] > 0) for k, name in enumerate(names)},
+        first_self_replicator_step=_first_step(steps, counts[:, SELF_REPLICATOR] > 0),
+        sr_active_step=_first_step(run.steps["step"], active),
+        final_metric=float(metric[-1]) if has_metric else None,
+        best_metric=_best(run, metric) if has_metric else None,
+        final_sr_loss_mean=float(losses["mean"][-1]),
+        final_sr_loss_median=float(losses["median"][-1]),
+        per_layer=per_layer_kinds(run, layer_counts) if layer_counts is not None else None,
+        series=Series(
+            steps,
+            {name: counts[:, k] for k, name in enumerate(names)},
+            metric if has_metric else None,
+            losses["mean"],
+            losses["median"],
+        ),
+    )
     events = read_events(run) if not has_metric else None
     figures = [
-        _kinds_figure(run, numbers, counts, out_dir / "specialisation_kinds.png"),
-        _training_figure(run, numbers, losses, events, out_dir / "specialisation_training.png"),
+        _kinds_figure(run, result, counts, out_dir / "specialisation_kinds.png"),
+        _training_figure(run, result, losses, events, out_dir / "specialisation_training.png"),
     ]
     if layer_counts is not None:
-        figures.append(_layers_figure(run, numbers, layer_counts, out_dir / "specialisation_layers.png"))
-    return Result(numbers, figures)
+        figures.append(_layers_figure(run, result, layer_counts, out_dir / "specialisation_layers.png"))
+    return result.with_figures(figures)
 
 
 def _best(run: Run, metric: np.ndarray) -> float:
@@ -180,25 +223,25 @@ def _chance(run: Run) -> float | None:
         return None
 
 
-def _markers(ax: Any, numbers: dict[str, Any], first_step: int) -> None:
+def _markers(ax: Any, result: SpecialisationResult, first_step: int) -> None:
     """Vertical lines at the SR gate opening (if after the start) and at the first self-replicator."""
-    gate = numbers["sr_active_step"]
+    gate = result.sr_active_step
     if gate is not None and gate > first_step:
         ax.axvline(gate, color="black", ls="--", lw=1, label=f"self-training starts (step {gate})")
-    first = numbers["first_self_replicator_step"]
+    first = result.first_self_replicator_step
     if first is not None:
         ax.axvline(first, color="black", ls=":", lw=1, label=f"first self-replicator (step {first})")
 
 
-def _kinds_figure(run: Run, numbers: dict[str, Any], counts: np.ndarray, path: Path) -> Path:
+def _kinds_figure(run: Run, result: SpecialisationResult, counts: np.ndarray, path: Path) -> Path:
     fig, axes = new_figure(1, width=7.5, height=4.4)
     ax = axes[0, 0]
     steps = run.particles["step"]
     present = _stack(ax, steps, counts, run.kind_names)
-    _markers(ax, numbers, int(run.steps["step"][0]) if len(run.steps["step"]) else 0)
+    _markers(ax, result, int(run.steps["step"][0]) if len(run.steps["step"]) else 0)
     ax.set_xlabel("step")
     ax.set_ylabel("particles")
-    final = numbers["kind_counts"]
+    final = result.kind_counts
     ax.set_title(f"Particle kinds over time ({run.mode}, {run.n_particles} particles)")
     labelled = [f"{KIND_LABELS[k]} (end: {final[k]})" for k in present]
     handles = kind_legend_handles(present)
@@ -211,9 +254,13 @@ def _kinds_figure(run: Run, numbers: dict[str, Any], counts: np.ndarray, path: P
 
 
 def _training_figure(
-    run: Run, numbers: dict[str, Any], losses: dict[str, np.ndarray], events: dict[str, np.ndarray] | None, path: Path
+    run: Run,
+    result: SpecialisationResult,
+    losses: dict[str, np.ndarray],
+    events: dict[str, np.ndarray] | None,
+    path: Path,
 ) -> Path:
-    has_metric = numbers["final_metric"] is not None
+    has_metric = result.final_metric is not None
     show_events = events is not None and len(events["step"]) > 0
     fig, axes = new_figure(2 if has_metric or show_events else 1, width=6.0, height=4.2)
     steps = run.particles["step"]
@@ -222,7 +269,7 @@ def _training_figure(
     if has_metric:
         train = run.steps["metric"]
         ax.plot(run.steps["step"], train, color="#aaaaaa", lw=0.5, alpha=0.7, label="train batch")
-        metric = numbers["series"]["held_out_metric"]
+        metric = result.series.held_out_metric
         ax.plot(steps, metric, color="black", lw=1.5, label="held-out")
         chance = _chance(run)
         if chance is not None:
@@ -230,10 +277,10 @@ def _training_figure(
         upper = run.metric.upper if run.metric is not None else None
         if not positive_log_scale(ax, np.concatenate([train, metric])) and upper is not None:
             ax.set_ylim(0, upper)
-        _markers(ax, numbers, first_step)
+        _markers(ax, result, first_step)
         ax.set_xlabel("step")
         ax.set_ylabel(metric_label(run.metric_name))
-        ax.set_title(f"Task metric (end: {numbers['final_metric']:.3g} held-out)")
+        ax.set_title(f"Task metric (end: {result.final_metric:.3g} held-out)")
         ax.legend(fontsize=8, loc="best")
         ax = axes[0, 1]
     elif show_events:
@@ -253,16 +300,16 @@ def _training_figure(
                     label=f"{LOW}-{HIGH}% of particles")  # fmt: skip
     ax.plot(steps, losses["median"], color=KIND_COLOURS["self_replicator"], lw=1.5, label="median over particles")
     positive_log_scale(ax, np.concatenate([run.steps["sr_loss"], losses["low"], losses["high"]]))
-    _markers(ax, numbers, first_step)
+    _markers(ax, result, first_step)
     ax.set_xlabel("step")
     ax.set_ylabel("SR loss")
-    ax.set_title(f"Self-replication loss (end: median {numbers['final_sr_loss_median']:.3g})")
+    ax.set_title(f"Self-replication loss (end: median {result.final_sr_loss_median:.3g})")
     ax.legend(fontsize=8, loc="best")
     fig.suptitle("Training over time")
     return save_figure(fig, path)
 
 
-def _layers_figure(run: Run, numbers: dict[str, Any], layer_counts: np.ndarray, path: Path) -> Path:
+def _layers_figure(run: Run, result: SpecialisationResult, layer_counts: np.ndarray, path: Path) -> Path:
     L = len(layer_counts)
     cols = min(L, 4)
     rows = -(-L // cols)
@@ -276,7 +323,7 @@ def _layers_figure(run: Run, numbers: dict[str, Any], layer_counts: np.ndarray, 
             continue
         total = layer_counts[i, 0].sum()
         present.update(_stack(ax, steps, layer_counts[i] / max(total, 1), run.kind_names))
-        n_sr = numbers["per_layer"][str(i)]["kind_counts"]["self_replicator"]
+        n_sr = result.per_layer[str(i)].kind_counts["self_replicator"]
         ax.set_title(f"layer {i}: {sizes[i]} → {sizes[i + 1]} neurons\n"
                      f"{total} particles, {n_sr} self-replicators at the end", fontsize=9)  # fmt: skip
         ax.set_xlabel("step")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from matplotlib.lines import Line2D
 from analysis.common import (
     KIND_COLOURS,
     KIND_LABELS,
-    Result,
     Run,
     UsageError,
     kind_legend_handles,
@@ -42,6 +42,7 @@ from analysis.common import (
     run_script,
     save_figure,
 )
+from analysis.results import Numbers, Result
 from sim.particles import DRAW_ORDER
 
 DEFAULT_MAX_LINES = 150  # particles of each kind drawn per panel
@@ -101,7 +102,37 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-lines must be at least 1, got {args.max_lines}")
 
 
-def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
+@dataclass(frozen=True)
+class LayerPaths(Numbers):
+    """The PCA of one panel's weight paths (a layer, or all particles of a soup)."""
+
+    n_particles: int
+    n_nonfinite: int  # particles left out: a non-finite weight at some snapshot
+    n_drawn: int  # paths drawn
+    explained_variance_ratio: np.ndarray  # of the first components
+    explained_variance_2d: float  # PC1 + PC2
+    explained_variance_3d: float
+    movement_share: float  # the share of the variance that is the particles' own movement over time
+
+
+@dataclass(frozen=True)
+class TrajectoriesResult(Result):
+    """How the particles' weights move over the snapshots of one run."""
+
+    snapshot_steps: np.ndarray  # [S]
+    n_snapshots: int
+    max_lines: int
+    layers: dict[str, LayerPaths]  # layer index (or "all") -> its PCA
+    path_length: dict[str, float]  # final kind -> mean path length over the snapshots
+    movement_per_step_last: dict[str, float]  # final kind -> median movement per step between the last two
+    distance_to_final: dict[str, np.ndarray]  # final kind -> median distance to the final weights `[S]`
+    settled_step: dict[str, int | None]  # final kind -> first step within `SETTLED` of the final weights
+    pca_min_movement: float
+    pca_min_variance: float
+    pca_drawn: list[str]  # the panels drawn in trajectories_2d.png
+
+
+def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> TrajectoriesResult:
     """Distance to the final weights and movement over time per final kind, PCA paths where they explain enough;
     figures into `out_dir`."""
     run.require_particles("weight trajectories coloured by kind")
@@ -129,51 +160,31 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         moving = movement_share(snapshots[:, kept])
         panels.append({"layer": layer, "ids": kept, "n_particles": len(ids), "projected": projected[:, drawn],
                        "drawn_kinds": kinds[kept][drawn], "ratio": ratio, "movement_share": moving})  # fmt: skip
-    numbers: dict[str, Any] = {
-        "snapshot_steps": run.snapshot_steps,
-        "n_snapshots": len(run.snapshot_steps),
-        "max_lines": args.max_lines,
-        "layers": {
-            "all" if p["layer"] is None else str(p["layer"]): {
-                "n_particles": p["n_particles"],
-                "n_nonfinite": p["n_particles"] - len(p["ids"]),
-                "n_drawn": p["projected"].shape[1],
-                "explained_variance_ratio": p["ratio"][:N_RATIOS],
-                "explained_variance_2d": float(p["ratio"][:2].sum()),
-                "explained_variance_3d": float(p["ratio"][:3].sum()),
-                "movement_share": p["movement_share"],
-            }
-            for p in panels
-        },
-        "path_length": {
+    # how far each particle moves per step between consecutive snapshots: shows when particles settle, which the
+    # PCA cannot once the spread between particles dwarfs each particle's own path
+    speed = np.linalg.norm(np.diff(snapshots.astype(np.float64), axis=0), axis=2) / np.diff(run.snapshot_steps)[:, None]
+    distance = np.linalg.norm(snapshots.astype(np.float64) - snapshots[-1:].astype(np.float64), axis=2)  # [S, P]
+    shown = [p for p in panels if p["ratio"][:2].sum() >= PCA_MIN_VARIANCE and p["movement_share"] >= MIN_MOVEMENT]
+    result = TrajectoriesResult(
+        snapshot_steps=run.snapshot_steps,
+        n_snapshots=len(run.snapshot_steps),
+        max_lines=args.max_lines,
+        layers={"all" if p["layer"] is None else str(p["layer"]): layer_numbers(p) for p in panels},
+        path_length={
             names[code]: float(lengths[(kinds == code) & finite].mean())
             for code in np.unique(kinds)
             if ((kinds == code) & finite).any()
         },
-    }
-    # how far each particle moves per step between consecutive snapshots: shows when particles settle, which the
-    # PCA cannot once the spread between particles dwarfs each particle's own path
-    speed = np.linalg.norm(np.diff(snapshots.astype(np.float64), axis=0), axis=2) / np.diff(run.snapshot_steps)[:, None]
-    numbers["movement_per_step_last"] = {
-        names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
-        for code in np.unique(kinds)
-        if len(speed) and ((kinds == code) & finite).any()
-    }
-    distance = np.linalg.norm(snapshots.astype(np.float64) - snapshots[-1:].astype(np.float64), axis=2)  # [S, P]
-    numbers["distance_to_final"] = {}
-    numbers["settled_step"] = {}
-    for code in np.unique(kinds):
-        mine = (kinds == code) & finite
-        if not mine.any():
-            continue
-        median = np.median(distance[:, mine], axis=1)  # [S]
-        numbers["distance_to_final"][names[code]] = median
-        below = np.flatnonzero(median <= SETTLED * median[0]) if median[0] > 0 else np.array([0])
-        numbers["settled_step"][names[code]] = int(run.snapshot_steps[below[0]]) if len(below) else None
-    shown = [p for p in panels if p["ratio"][:2].sum() >= PCA_MIN_VARIANCE and p["movement_share"] >= MIN_MOVEMENT]
-    numbers["pca_min_movement"] = MIN_MOVEMENT
-    numbers["pca_min_variance"] = PCA_MIN_VARIANCE
-    numbers["pca_drawn"] = ["all" if p["layer"] is None else str(p["layer"]) for p in shown]
+        movement_per_step_last={
+            names[code]: float(np.median(speed[-1, (kinds == code) & finite]))
+            for code in np.unique(kinds)
+            if len(speed) and ((kinds == code) & finite).any()
+        },
+        **settling(run, distance, kinds, finite),
+        pca_min_movement=MIN_MOVEMENT,
+        pca_min_variance=PCA_MIN_VARIANCE,
+        pca_drawn=["all" if p["layer"] is None else str(p["layer"]) for p in shown],
+    )
     present = [k for k in DRAW_ORDER if (np.array(names)[kinds] == k).any()]
     figures = []
     if len(speed):  # distance and movement need two snapshots
@@ -183,7 +194,31 @@ def analyse(run: Run, out_dir: Path, args: argparse.Namespace) -> Result:
         ]
     if shown:
         figures.append(_figure(run, shown, present, out_dir / "trajectories_2d.png"))
-    return Result(numbers, figures)
+    return result.with_figures(figures)
+
+
+def layer_numbers(panel: dict[str, Any]) -> LayerPaths:
+    """The numbers of one panel (a layer, or all particles) of the PCA."""
+    ratio = panel["ratio"]
+    return LayerPaths(panel["n_particles"], panel["n_particles"] - len(panel["ids"]), panel["projected"].shape[1],
+                      ratio[:N_RATIOS], float(ratio[:2].sum()), float(ratio[:3].sum()),
+                      panel["movement_share"])  # fmt: skip
+
+
+def settling(run: Run, distance: np.ndarray, kinds: np.ndarray, finite: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per final kind: the median distance to the final weights at every snapshot `[S]` (`distance_to_final`) and the
+    first snapshot step at which it is at most `SETTLED` of where it started (`settled_step`, None if never)."""
+    names = run.kind_names
+    out: dict[str, dict[str, Any]] = {"distance_to_final": {}, "settled_step": {}}
+    for code in np.unique(kinds):
+        mine = (kinds == code) & finite
+        if not mine.any():
+            continue
+        median = np.median(distance[:, mine], axis=1)  # [S]
+        out["distance_to_final"][names[code]] = median
+        below = np.flatnonzero(median <= SETTLED * median[0]) if median[0] > 0 else np.array([0])
+        out["settled_step"][names[code]] = int(run.snapshot_steps[below[0]]) if len(below) else None
+    return out
 
 
 # --- figures -----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,12 +31,12 @@ from sim.figures import (
     model_layout,
     particle_state,
     series_figure,
-    summarise,
+    style_live_plot,
     topology_figure,
     weights_figure,
 )
 from sim.model import OrganismModel, ParticleModel
-from sim.particles import KIND_NAMES
+from sim.particles import KIND_COLOURS, KIND_NAMES
 from sim.record import RecordError
 from sim.replay import Replay, check_replay_path, load_replay
 from sim.soup import SoupModel
@@ -45,7 +46,7 @@ with warnings.catch_warnings():
     # Solara's hook check flags a `use_state` after an early return in Mesa's ComponentsView; that return is taken
     # only without components, and this page always has some, so the warning is noise in every server log.
     warnings.filterwarnings("ignore", message=".*ComponentsView: `use_state` found despite early return")
-    from mesa.visualization import Slider, SolaraViz
+    from mesa.visualization import Slider, SolaraViz, make_plot_component
 
 DRAW_EVERY = 5  # steps per click of Step and per drawn frame while playing (Mesa's render interval)
 PAGE_STEPS = 10**9  # a live model runs until paused, not to a configured end
@@ -65,17 +66,11 @@ def _page_config(mode: str, overrides: list[tuple[str, Any]], rates: dict[str, f
 
 
 class _Watched:
-    """The page's side of a live model: the layout it is drawn with and every logged summary (for the plots)."""
+    """The page's side of a live model: the layout it is drawn with. Its plots read the model's own DataCollector,
+    which every step fills (the page logs every step)."""
 
     def _watch(self: Any) -> None:
         self.layout = model_layout(self)
-        self.history = [summarise(self)]
-
-    def step(self: Any) -> None:
-        """One simulation step of the engine; its summary joins the history when the step was logged."""
-        super().step()
-        if self.summary.get("step") == self.steps:
-            self.history.append(self.summary)
 
 
 def _rates(given: dict[str, Any], defaults: dict[str, float]) -> dict[str, float]:
@@ -130,14 +125,6 @@ SOUP_PARAMS = {
 }
 
 
-def _history(model: ParticleModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, kind counts `[T, 5]`, held-out metric and mean SR loss of everything the live model logged."""
-    rows = list(model.history)  # a copy: a playing model appends from another thread
-    steps = np.array([r["step"] for r in rows])
-    counts = np.array([[r["kind_counts"][name] for name in KIND_NAMES] for r in rows])
-    return steps, counts, np.array([r["held_out_metric"] for r in rows]), np.array([r["sr_loss"] for r in rows])
-
-
 def _settings_text(model: ParticleModel) -> str:
     """The controls the model was built with (Mesa's sliders show their values only while dragged), and that a changed
     control takes effect only when RESET rebuilds the model with it."""
@@ -186,26 +173,30 @@ def TopologyView(model: ParticleModel) -> None:
         solara.FigureMatplotlib(topology_figure(model.layout, kinds, effective), format="png")
 
 
+def _collector_plot(model: ParticleModel, css_class: str, measure: str | dict[str, str], title: str,
+                    log: bool = False, ylabel: str = "") -> None:  # fmt: skip
+    """Mesa's plot (`make_plot_component`) of the model's DataCollector columns `measure` over the logged steps, in a
+    column of class `css_class`."""
+    style = partial(style_live_plot, title=title, log=log, ylabel=ylabel)
+    plot, _page = make_plot_component(measure, post_process=style)
+    with solara.Column(classes=[css_class]):
+        plot(model)
+
+
 def KindCountsView(model: ParticleModel) -> None:
-    """Particles of each kind over the logged steps."""
-    steps, counts, _, _ = _history(model)
-    with solara.Column(classes=["kind-counts-view"]):
-        solara.FigureMatplotlib(kind_counts_figure(steps, counts), format="png")
+    """Particles of each kind over the logged steps, in the kinds' colours."""
+    _collector_plot(model, "kind-counts-view", dict(KIND_COLOURS), "kind counts", ylabel="particles")
 
 
 def MetricView(model: ParticleModel) -> None:
     """The task metric on held-out data over the logged steps."""
-    steps, _, metric, _ = _history(model)
     name = getattr(getattr(model, "task", None), "metric_name", "task metric")
-    with solara.Column(classes=["metric-view"]):
-        solara.FigureMatplotlib(series_figure(steps, metric, f"held-out {name}"), format="png")
+    _collector_plot(model, "metric-view", "held_out_metric", f"held-out {name}")
 
 
 def SRLossView(model: ParticleModel) -> None:
     """The mean self-replication loss over the logged steps."""
-    steps, _, _, losses = _history(model)
-    with solara.Column(classes=["sr-loss-view"]):
-        solara.FigureMatplotlib(series_figure(steps, losses, "mean SR loss", log=True), format="png")
+    _collector_plot(model, "sr-loss-view", "sr_loss", "mean SR loss", log=True)
 
 
 LIVE_VIEWS = [TopologyView, KindCountsView, MetricView, SRLossView]

@@ -8,17 +8,18 @@ work per particle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sim.particles import KIND_COLOURS, KIND_NAMES, classify, effective_weights, sr_loss
+from sim.particles import KIND_COLOURS, KIND_NAMES, classify, effective_weights
 from sim.topology import particle_table
 
 if TYPE_CHECKING:
@@ -93,23 +94,6 @@ def particle_state(model: ParticleModel) -> tuple[np.ndarray, np.ndarray]:
         return classify(weights, model.spec).cpu().numpy(), effective_weights(weights, model.spec).cpu().numpy()
 
 
-def summarise(model: ParticleModel) -> dict[str, Any]:
-    """The numbers `model.summary` holds after a logged step, measured now (the page's row for step 0)."""
-    with torch.no_grad():
-        weights = model.weights.detach()
-        kinds = classify(weights, model.spec)
-        counts = torch.bincount(kinds.long(), minlength=len(KIND_NAMES)).tolist()
-        mean_sr = float(sr_loss(weights, model.spec).mean())
-    return {
-        "step": model.steps,
-        "held_out_metric": model.held_out_metric(),
-        "train_metric": float("nan"),
-        "sr_loss": mean_sr,
-        "kind_counts": dict(zip(KIND_NAMES, counts, strict=True)),
-        "sr_active": model.sr_active,
-    }
-
-
 def kinds_text(counts: dict[str, int]) -> str:
     """`divergent=0, zero=0, self_replicator=3, ...` in the order of KIND_NAMES (the page's parseable status)."""
     return ", ".join(f"{name}={int(counts.get(name, 0))}" for name in KIND_NAMES)
@@ -151,11 +135,9 @@ def kind_counts_figure(steps: np.ndarray, counts: np.ndarray, at: int | None = N
     """Particles of each kind over time, `counts [T, 5]`; `at` marks the replayed step."""
     fig, ax = _plot()
     for k, name in enumerate(KIND_NAMES):
-        ax.plot(steps, counts[:, k], label=name, color=KIND_COLOURS[name], marker="." if len(steps) < 30 else None)
+        ax.plot(steps, counts[:, k], label=name, color=KIND_COLOURS[name])
+    style_series(ax, "kind counts", ylabel="particles")
     _mark(ax, at)
-    ax.set_xlabel("step")
-    ax.set_ylabel("particles")
-    ax.set_title("kind counts", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     return fig
 
@@ -163,17 +145,39 @@ def kind_counts_figure(steps: np.ndarray, counts: np.ndarray, at: int | None = N
 def series_figure(steps: np.ndarray, values: np.ndarray, name: str, at: int | None = None, log: bool = False) -> Figure:
     """One logged number over time (task metric, mean SR loss); `log`: a log axis where every value is positive."""
     fig, ax = _plot()
-    finite = np.isfinite(values)
-    if finite.any():
-        ax.plot(steps[finite], values[finite], color="#333333", marker="." if len(steps) < 30 else None)
-        if log and (values[finite] > 0).all():
-            ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "not measured (no task)", ha="center", va="center", transform=ax.transAxes)
+    ax.plot(steps, values, color="#333333")
+    style_series(ax, name, log=log)
     _mark(ax, at)
-    ax.set_xlabel("step")
-    ax.set_title(name, fontsize=9)
     return fig
+
+
+def style_series(ax: Axes, title: str, log: bool = False, ylabel: str = "") -> None:
+    """Finish a plot of logged numbers over steps, whoever drew its lines (the replay's figures here, Mesa's
+    `make_plot_component` on the live page): markers while the points are few, a log axis where asked and every value
+    is positive, and a note where there is nothing to draw yet or the number is not measured (a soup has no task)."""
+    lines = ax.get_lines()
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in lines] or [np.zeros(0)])
+    finite = values[np.isfinite(values)]
+    for line in lines:
+        if len(line.get_xdata()) < 30:
+            line.set_marker(".")
+    if log and finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+    if not finite.size:
+        note = "no logged step yet" if not values.size else "not measured (no task)"
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+
+
+def style_live_plot(ax: Axes, title: str, log: bool = False, ylabel: str = "") -> None:
+    """`style_series` for a plot Mesa's `make_plot_component` drew on the live page, at the page's figure size."""
+    ax.figure.set_size_inches(*FIGSIZE)
+    ax.figure.set_dpi(DPI)
+    style_series(ax, title, log=log, ylabel=ylabel)
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=7, loc="best")
 
 
 def weights_figure(weights: np.ndarray, kinds: np.ndarray, step: int) -> Figure:
@@ -196,12 +200,12 @@ def weights_figure(weights: np.ndarray, kinds: np.ndarray, step: int) -> Figure:
     return fig
 
 
-def _plot() -> tuple[Figure, Any]:
+def _plot() -> tuple[Figure, Axes]:
     """A figure with one axes; constrained layout keeps the axis labels inside the image."""
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _mark(ax: Any, at: int | None) -> None:
+def _mark(ax: Axes, at: int | None) -> None:
     if at is not None:
         ax.axvline(at, color="black", lw=0.8, ls="--")

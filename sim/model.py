@@ -19,6 +19,7 @@ from typing import Any
 import mesa
 import networkx as nx
 import numpy as np
+import pandas as pd
 import torch
 from mesa.discrete_space import Network
 
@@ -99,6 +100,14 @@ class LogCollector(mesa.DataCollector):
         for values in self.model_vars.values():
             values.extend([values[-1] if values else None] * (model.steps - 1 - len(values)))
         super().collect(model)
+
+    def get_model_vars_dataframe(self) -> pd.DataFrame:
+        """One row per step, indexed by the step (from 1), so Mesa's plots put each number at its step. The rows that
+        every reporter has: a page's plot reads this while another thread may be collecting."""
+        columns = {name: list(values) for name, values in self.model_vars.items()}
+        rows = min((len(values) for values in columns.values()), default=0)
+        index = pd.RangeIndex(1, rows + 1, name="step")
+        return pd.DataFrame({name: values[:rows] for name, values in columns.items()}, index=index)
 
 
 def _logged(name: str, model: ParticleModel) -> float:
@@ -303,8 +312,11 @@ class ParticleModel(mesa.Model):
                                  time.perf_counter() - started)  # fmt: skip
             self.record.add_events(step, events)
         last = step >= self.config.steps
-        if step % self.config.record.log_every == 0 or last:
-            self._log(step)
+        # the last step logs and snapshots whatever the intervals, but leaves the state as a longer run has it there,
+        # so that the run extends (`--resume --steps`) exactly as if it had been started with more steps
+        logs = step % self.config.record.log_every == 0
+        if logs or last:
+            self._log(step, restart=logs)
         if step % self.config.record.snapshot_every == 0 or last:
             self._snapshot(step)
         if last:
@@ -334,15 +346,17 @@ class ParticleModel(mesa.Model):
         self._gate_count = 0
         self.sr_active = self.task.gate_open(mean, self._gate_threshold())
 
-    def _log(self, step: int) -> None:
-        """Classify, log per-particle state, flush the record."""
+    def _log(self, step: int, restart: bool = True) -> None:
+        """Classify, log per-particle state, flush the record; with `restart`, the running train metric starts over
+        (a log of the last step off the log interval keeps it running, as a longer run does)."""
         with torch.no_grad():
             kind, losses, effective = self._particle_state(self.weights.detach())  # [P] each
         held_out = self.held_out_metric()
         # the mean train metric since the last log (NaN at step 0, before any training)
         running = float(self._metric_sum) / self._metric_count if self._metric_count else float("nan")
-        self._metric_sum.zero_()
-        self._metric_count = 0
+        if restart:
+            self._metric_sum.zero_()
+            self._metric_count = 0
         counts = torch.bincount(kind[kind >= 0].long(), minlength=len(KIND_NAMES)).tolist()  # -1: no kind
         self.summary = {"step": step, "held_out_metric": held_out, "train_metric": running,
                         "sr_loss": float(losses.mean()), "kind_counts": dict(zip(KIND_NAMES, counts)),

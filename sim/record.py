@@ -117,15 +117,16 @@ def git_commit() -> str:
 
 
 def _resizable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
-    """An empty dataset growing along axis 0, compressed, in chunks of ~16k elements: every append rewrites the
-    (compressed) last chunk, so chunks stay small enough that frequent small appends stay cheap."""
+    """An empty dataset growing along axis 0, compressed and checksummed (Fletcher-32), in chunks of ~16k elements:
+    every append rewrites the (compressed) last chunk, so chunks stay small enough that frequent small appends stay
+    cheap; a damaged chunk fails its checksum when read."""
     row = int(np.prod(shape)) if shape else 1
     chunks = (max(1, min(1024, 16384 // row)), *shape)
     if row > 16384:
         chunks = (1, *shape[:-1], max(1, min(shape[-1], 16384 // max(1, row // shape[-1]))))
     return group.create_dataset(
         name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks, compression="gzip",
-        compression_opts=1, shuffle=True,
+        compression_opts=1, shuffle=True, fletcher32=True,
     )  # fmt: skip
 
 
@@ -140,7 +141,8 @@ def _append(dataset: h5py.Dataset, rows: np.ndarray) -> None:
 class RecordWriter:
     """Writes one run's record. Rows are buffered (as device tensors where they come from the device) until `flush()`.
 
-    `resume_rows` (group -> row count, from a checkpoint) reopens an existing record and drops rows written after it.
+    `resume_rows` (group -> row count, from a checkpoint) reopens an existing record and drops rows written after it;
+    its `config` attribute becomes `attrs["config"]` (a run extended to more steps records its new length).
     """
 
     def __init__(
@@ -159,7 +161,7 @@ class RecordWriter:
                 self.file = h5py.File(self.path, "w-", libver="latest")  # never over another run's record
                 self._create(attrs, n_particles, n_weights, topology)
             else:
-                _rewrite_truncated(self.path, resume_rows)
+                _rewrite_truncated(self.path, resume_rows, {"config": attrs["config"]})
                 self.file = h5py.File(self.path, "r+", libver="latest")
             self.file.flush()
             self.file.swmr_mode = True
@@ -201,7 +203,7 @@ class RecordWriter:
             _resizable(events, name, (), np.int64)
         topo = f.create_group("topology")
         for name, values in topology.items():
-            topo.create_dataset(name, data=values, compression="gzip", compression_opts=1)
+            topo.create_dataset(name, data=values, compression="gzip", compression_opts=1, fletcher32=True)
         _create_rows(f, dict.fromkeys(GROUPS, 0))
 
     def add_step(self, step: int, task_loss: torch.Tensor, sr_loss: torch.Tensor, metric: torch.Tensor,
@@ -304,7 +306,8 @@ ROWS_NAME = "rows"
 
 
 def _create_rows(f: h5py.File, rows: dict[str, int]) -> None:
-    dataset = f.create_dataset(ROWS_NAME, data=np.array([rows[g] for g in GROUPS], dtype=np.int64))
+    counts = np.array([rows[g] for g in GROUPS], dtype=np.int64)
+    dataset = f.create_dataset(ROWS_NAME, data=counts, chunks=counts.shape, fletcher32=True)  # checksummed
     dataset.attrs["groups"] = np.array(GROUPS, dtype=h5py.string_dtype())
 
 
@@ -312,8 +315,9 @@ def _dataset_length(f: h5py.File, group: str) -> int:
     return min((d.shape[0] for d in f[group].values()), default=0)
 
 
-def _rewrite_truncated(path: Path, rows: dict[str, int]) -> None:
-    """Copy a record into a fresh file with each growing group cut to `rows`, then replace it.
+def _rewrite_truncated(path: Path, rows: dict[str, int], attrs: dict[str, Any]) -> None:
+    """Copy a record into a fresh file with each growing group cut to `rows` and the root attributes `attrs` set, then
+    replace it.
 
     A killed SWMR writer leaves the file marked "open for write": it still reads with `swmr=True`, but HDF5 will not
     reopen it for writing, so a resumed run continues in a clean copy. A failed copy leaves the record as it was.
@@ -321,7 +325,7 @@ def _rewrite_truncated(path: Path, rows: dict[str, int]) -> None:
     tmp = path.with_suffix(".resume.h5")
     try:
         with open_hdf5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
-            for key, value in src.attrs.items():
+            for key, value in {**src.attrs, **attrs}.items():
                 dst.attrs[key] = value
             for name in src:
                 if name != ROWS_NAME:
@@ -417,6 +421,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         value = state[key]
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
             raise RecordError(f"{where} is damaged ({key!r} is a {type(value).__name__})")
+    extended_from = state.get("extended_from", 0)  # only in a checkpoint that `--resume --steps` extended
+    if not isinstance(extended_from, int) or isinstance(extended_from, bool):
+        raise RecordError(f"{where} is damaged ('extended_from' is a {type(extended_from).__name__})")
     if not isinstance(state.get("digest"), str) or state["digest"] != state_digest(state):
         raise RecordError(f"{where} fails its digest: its contents were changed or damaged")
     if state["config_digest"] != config_digest(state["config"]):
@@ -523,7 +530,8 @@ RECORD_DATASETS = {
 
 def validate_record(f: h5py.File, path: str | Path) -> None:
     """RecordError unless `f` is an organism-networks record of a known schema whose structure holds together: the
-    attributes it needs, every group and dataset with its dimensions, one particle count throughout (reads no rows)."""
+    attributes it needs, every group and dataset with its dimensions, one particle count throughout, a checkpoint
+    attribute that names a file inside the run directory (reads no rows)."""
     where = str(path)
     try:
         version = f.attrs.get("schema_version")
@@ -560,16 +568,39 @@ def validate_record(f: h5py.File, path: str | Path) -> None:
         names = f.attrs.get("kind_names")
         if names is None or f["particles/kind_counts"].shape[1] != len(names):
             raise RecordError(f"{where!r} is a damaged record (kind_names and /particles/kind_counts disagree)")
+        for key, value in f.attrs.items():
+            texts = value.tolist() if isinstance(value, np.ndarray) else [value]
+            if any(_undecodable(t) for t in texts):
+                raise RecordError(f"{where!r} is a damaged record (attribute {key!r} is not valid text)")
+        checkpoint = f.attrs.get("checkpoint")
+        if checkpoint is not None:
+            resolve_inside(Path(path).parent, checkpoint.decode() if isinstance(checkpoint, bytes) else str(checkpoint))
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise RecordError(f"{where!r} is a damaged record ({os_cause(exc)})") from None
+
+
+def _undecodable(text: Any) -> bool:
+    """Whether a text attribute holds bytes that are not UTF-8 (h5py hands them over as lone surrogates)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    if not isinstance(text, str):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _committed(f: h5py.File, group: str) -> int | None:
     rows = f.get(ROWS_NAME)
     if not isinstance(rows, h5py.Dataset):
         return None  # a record written before the committed counts
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in rows.attrs.get("groups", [])]
-    return int(rows[names.index(group)]) if group in names else None
+    try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in rows.attrs.get("groups", [])]
+        return int(rows[names.index(group)]) if group in names else None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RecordError(f"{f.filename!r} is a damaged record: cannot read /{ROWS_NAME} ({os_cause(exc)})") from None
 
 
 def group_length(f: h5py.File, group: str) -> int:
@@ -592,10 +623,66 @@ def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
     return out
 
 
+# a verification reads rows in blocks of about this many bytes; of the snapshots it reads every one while they hold
+# at most VERIFY_SNAPSHOT_BYTES, else the last one only (the bank of a large soup is tens of MB a snapshot)
+VERIFY_BLOCK_BYTES = 16 * 2**20
+VERIFY_SNAPSHOT_BYTES = 256 * 2**20
+CODE_NAMES = {"particles": "kind_names", "events": "event_names"}  # the attribute naming each group's kind codes
+
+
+def verify_record(f: h5py.File, path: str | Path) -> None:
+    """RecordError (one line naming the dataset) unless every committed row of the record reads back: each chunk
+    decompressed and, in records that carry them, its Fletcher-32 checksum checked (snapshots past
+    VERIFY_SNAPSHOT_BYTES: the last one only); and unless its kind codes name kinds and events it knows."""
+    where = str(path)
+    try:
+        f.visit(lambda name: None)  # every object header and link of the file
+        if ROWS_NAME in f:
+            f[ROWS_NAME][()]
+            list(f[ROWS_NAME].attrs.items())
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise RecordError(f"{where!r} is a damaged record ({os_cause(exc)})") from None
+    for group in GROUPS:
+        committed = _committed(f, group)
+        if committed is not None and not 0 <= committed <= _dataset_length(f, group):
+            # a writer commits rows only once they are written (Fletcher-32 cannot tell 0x0000 from 0xffff words)
+            raise RecordError(f"{where!r} is a damaged record (/{ROWS_NAME} counts {committed} /{group} rows, it "
+                              f"holds {_dataset_length(f, group)})")  # fmt: skip
+    for group in (*GROUPS, "topology"):
+        committed = group_length(f, group) if group in GROUPS else None
+        for name, d in f[group].items():
+            length = d.shape[0] if committed is None else min(committed, d.shape[0])
+            row = d.dtype.itemsize * int(np.prod(d.shape[1:]))
+            first = length - 1 if group == "snapshots" and length * row > VERIFY_SNAPSHOT_BYTES else 0
+            block = max(1, VERIFY_BLOCK_BYTES // max(row, 1))
+            try:
+                for start in range(first, length, block):
+                    rows = d[start : min(start + block, length)]
+                    if name == "kind" and group in CODE_NAMES:
+                        _check_codes(rows, group, len(f.attrs.get(CODE_NAMES[group], [])), where)
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise RecordError(
+                    f"{where!r} is a damaged record: cannot read /{group}/{name} ({os_cause(exc)})"
+                ) from None
+
+
+def _check_codes(codes: np.ndarray, group: str, count: int, where: str) -> None:
+    lowest = -1 if group == "particles" else 0  # -1: a particle without a kind (the dense control's weights)
+    if codes.size and (codes.min() < lowest or codes.max() >= count):
+        bad = codes[(codes < lowest) | (codes >= count)].flat[0]
+        raise RecordError(
+            f"{where!r} is a damaged record: /{group}/kind holds code {int(bad)}, outside {lowest}..{count - 1}"
+        )
+
+
 def read_attrs(f: h5py.File) -> dict[str, Any]:
-    """Root attributes with JSON ones decoded and string arrays as lists."""
+    """Root attributes with JSON ones decoded and string arrays as lists; RecordError if one cannot be read."""
+    try:
+        items = list(f.attrs.items())
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise RecordError(f"{f.filename!r} is a damaged record: cannot read its attributes ({os_cause(exc)})") from None
     out: dict[str, Any] = {}
-    for key, value in f.attrs.items():
+    for key, value in items:
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
             out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
         elif key in ("config", "versions", "layer_sizes", "splits") and isinstance(value, str | bytes):
@@ -630,26 +717,42 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} vs {b!r}"
 
 
-def check_resume(run_dir: str | Path, state: dict[str, Any], config_file: dict[str, Any] | None) -> str | None:
-    """RecordError unless the checkpoint `state` belongs to the record in `run_dir` (same run id, seed and config;
-    the record holds every row the checkpoint counts) and to its `config.yaml` (`config_file`, its mapping, when
-    there is one); returns a note on the steps the resume re-runs when the record holds rows past the checkpoint."""
+# config keys a resume may choose anew (`--resume --device/--threads`): how to run, not which run
+MACHINE_KEYS = ("device", "threads")
+
+
+def _as_checkpoint_sees(config: Any, state: dict[str, Any]) -> Any:
+    """A config mapping read beside a checkpoint (the record's, `config.yaml`'s) with what may differ from the
+    checkpoint's in one run taken from it: the machine keys, and `steps` where `--resume --steps` extended the run
+    from a length between the two (an extension interrupted before it rewrote them is still the same run)."""
+    if not isinstance(config, dict):
+        return config
+    ours = state["config"]
+    config = {**config, **{key: ours[key] for key in MACHINE_KEYS if key in ours and key in config}}
+    before, steps, length = state.get("extended_from"), ours.get("steps"), config.get("steps")
+    if isinstance(before, int) and isinstance(length, int) and before <= length <= steps:
+        config["steps"] = steps
+    return config
+
+
+def check_binding(
+    run_dir: str | Path, state: dict[str, Any], attrs: dict[str, Any], lengths: dict[str, int],
+    config_file: dict[str, Any] | None,
+) -> None:  # fmt: skip
+    """RecordError unless the checkpoint `state` belongs to the record of `run_dir` (its root attributes `attrs`:
+    same seed, config and run id; its committed row counts `lengths` hold every row the checkpoint counts) and to
+    its `config.yaml` (`config_file`, the file's mapping, when there is one). `--resume` and the analyses that read
+    the checkpoint both check it so."""
     run_dir = Path(run_dir)
-    with open_record(run_dir) as f:
-        attrs = read_attrs(f)
-        lengths = {group: group_length(f, group) for group in GROUPS}
-        recorded = read_group(f, "steps")["step"]  # reads every step row: a damaged one is found before resuming
-        read_group(f, "particles")
-        last_step = int(recorded[-1]) if len(recorded) else 0
     where = f"checkpoint {str(run_dir / CHECKPOINT_NAME)!r}"
     if attrs.get("seed") != state["seed"]:
         raise RecordError(f"{where} belongs to another run (seed {state['seed']}, the record's {attrs.get('seed')})")
-    if attrs.get("config") != state["config"]:
-        raise RecordError(
-            f"{where} and the record differ in config ({_first_difference(state['config'], attrs.get('config'))})"
-        )
+    recorded = _as_checkpoint_sees(attrs.get("config"), state)
+    if recorded != state["config"]:
+        raise RecordError(f"{where} and the record differ in config ({_first_difference(state['config'], recorded)})")
     if attrs.get("run_id") is not None and attrs["run_id"] != state["run_id"]:
         raise RecordError(f"{where} belongs to another run (run id {state['run_id']}, the record's {attrs['run_id']})")
+    config_file = _as_checkpoint_sees(config_file, state)
     if config_file is not None and config_file != state["config"]:
         difference = _first_difference(state["config"], config_file)
         raise RecordError(
@@ -662,13 +765,75 @@ def check_resume(run_dir: str | Path, state: dict[str, Any], config_file: dict[s
             raise RecordError(
                 f"{where} is newer than the record: it counts {want} /{group} rows, the record holds {lengths[group]}"
             )
-    if lengths["steps"] > rows["steps"]:
+
+
+def read_config_file(run_dir: str | Path) -> dict[str, Any] | None:
+    """The mapping in a run directory's `config.yaml` (None where there is none); RecordError if it is unreadable."""
+    from sim.config import ConfigError, load_file  # the config module reads config files; it never reads records
+
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def bound_checkpoint(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+    """The checkpoint at `path` (`load_checkpoint`), checked by `check_binding` against the record of `run_dir` as it
+    is now (a live run flushes its rows before each checkpoint) and its `config.yaml`."""
+    state = load_checkpoint(path)
+    with open_record(run_dir) as f:
+        attrs = read_attrs(f)
+        lengths = {group: group_length(f, group) for group in GROUPS}
+    check_binding(run_dir, state, attrs, lengths, read_config_file(run_dir))
+    return state
+
+
+def check_resume(run_dir: str | Path, state: dict[str, Any], config_file: dict[str, Any] | None) -> str | None:
+    """RecordError unless the record in `run_dir` reads back whole (`verify_record`) and the checkpoint `state`
+    belongs to it and to its `config.yaml` (`check_binding`); returns a note on the steps the resume re-runs when the
+    record holds rows past the checkpoint."""
+    run_dir = Path(run_dir)
+    with open_record(run_dir) as f:
+        verify_record(f, run_dir / RECORD_NAME)  # a damaged row is found before resuming, not copied on
+        attrs = read_attrs(f)
+        lengths = {group: group_length(f, group) for group in GROUPS}
+        recorded = f["steps/step"][: lengths["steps"]]
+    last_step = int(recorded[-1]) if len(recorded) else 0
+    check_binding(run_dir, state, attrs, lengths, config_file)
+    if lengths["steps"] > state["record_rows"]["steps"]:
         step = state["step"]
         return (
             f"the record holds steps to {last_step}; resuming from the checkpoint at step {step} re-runs steps "
             f"{step + 1}..{last_step}"
         )
     return None
+
+
+def extended_checkpoint(run_dir: str | Path, state: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The checkpoint `state` of a run, extended to `steps` steps (more than its config's), as `--resume --steps`
+    continues it: the config says `steps`, `extended_from` the length before, and the record rows it counts leave
+    out the log and snapshot rows its last step wrote only because it was the last (a run made with `steps` from
+    the start has none there). Saved in place of the checkpoint before the record is touched, so an extension
+    killed at any moment resumes as the extension."""
+    run_dir = Path(run_dir)
+    config = state["config"]
+    before = config["steps"]
+    rows = dict(state["record_rows"])
+    if state["step"] == before:  # a finished run: its last step logged and snapshot whatever the intervals
+        with open_record(run_dir) as f:
+            for group, every in (("particles", config["record"]["log_every"]),
+                                 ("snapshots", config["record"]["snapshot_every"])):  # fmt: skip
+                count = rows[group]
+                written = f[f"{group}/step"][:count]
+                if count and int(written[-1]) == before and before % every:
+                    rows[group] = count - 1
+    extended = {**config, "steps": steps}
+    return {**{k: v for k, v in state.items() if k != "digest"}, "config": extended,
+            "config_digest": config_digest(extended), "record_rows": rows,
+            "extended_from": state.get("extended_from", before)}  # fmt: skip
 
 
 # --- tidy tables ---------------------------------------------------------------------------------------------------

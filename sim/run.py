@@ -32,7 +32,6 @@ from sim.config import (
     describe_keys,
     from_dict,
     get_value,
-    load_file,
     parse_value,
     resolve,
     resolve_device,
@@ -40,12 +39,14 @@ from sim.config import (
 from sim.particles import KIND_NAMES
 from sim.record import (
     CHECKPOINT_NAME,
-    CONFIG_NAME,
     RECORD_NAME,
     RecordError,
     RecordWriteError,
     check_resume,
+    extended_checkpoint,
     load_checkpoint,
+    read_config_file,
+    save_checkpoint,
 )
 from sim.rundir import RunDir
 from sim.runner import build_model, config_yaml, simulate, write_config
@@ -81,7 +82,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", help="name of the run directory under runs/, after the timestamp (instead of task-seed)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (with --steps N: to N steps, extending a finished run)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -161,9 +166,7 @@ def prepare_new_run(args: argparse.Namespace) -> tuple[Config, Path]:
 
 def prepare_resume(args: argparse.Namespace) -> Path:
     """The run directory to resume, checked before it is locked (flags that cannot go with --resume)."""
-    extra = [
-        flag for flag in ("config", "mode", "task", "steps", "seed", "out", "name") if getattr(args, flag) is not None
-    ]
+    extra = [flag for flag in ("config", "mode", "task", "seed", "out", "name") if getattr(args, flag) is not None]
     if extra or args.set:
         names = ", ".join([f"--{f}" for f in extra] + (["--set"] if args.set else []))
         raise UsageError(f"--resume continues a run with its recorded config; it cannot be combined with {names}")
@@ -175,11 +178,20 @@ def prepare_resume(args: argparse.Namespace) -> Path:
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict, str | None]:
     """The recorded config of the run to resume, its checkpoint, and a note on steps it re-runs; RecordError (one
-    line) when the checkpoint, the record and `config.yaml` do not belong together. Reads only, under the lock."""
+    line) when the checkpoint, the record and `config.yaml` do not belong together, UsageError when `--steps` would
+    shorten the run. With `--steps` beyond the run's steps, the checkpoint is replaced by its extension
+    (`extended_checkpoint`); otherwise this reads only. Under the lock."""
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    config_path = run_dir / CONFIG_NAME
-    config_file = load_file(config_path) if config_path.is_file() else None
-    note = check_resume(run_dir, state, config_file)
+    note = check_resume(run_dir, state, read_config_file(run_dir))
+    steps = state["config"]["steps"]
+    if args.steps is not None and args.steps < steps:
+        raise UsageError(
+            f"--steps {args.steps} is fewer than the {steps} steps of the run in {str(run_dir)!r}: a resumed run can "
+            "be extended, not shortened"
+        )
+    if args.steps is not None and args.steps > steps:
+        state = extended_checkpoint(run_dir, state, args.steps)
+        save_checkpoint(run_dir / CHECKPOINT_NAME, state)
     return _recorded_config(args, run_dir, state), state, note
 
 
@@ -224,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             config, run_dir = prepare_new_run(args)
             claim = RunDir.claim(run_dir, new=True)
         model = build_model(config, run_dir, resume=bool(args.resume))
-        if not args.resume:
-            write_config(config, run_dir)
+        write_config(config, run_dir)  # a resumed run's too: an extension changes its steps
     except (UsageError, ConfigError, DataError, RecordError, ValueError, OSError, KeyboardInterrupt) as exc:
         if claim is not None:
             claim.discard()

@@ -143,6 +143,7 @@ class RunDir:
                 (self.path / name).unlink(missing_ok=True)
         for leftover in (
             (self.path / CHECKPOINT_NAME).with_suffix(".tmp"),
+            (self.path / CONFIG_NAME).with_suffix(".tmp.yaml"),
             (self.path / RECORD_NAME).with_suffix(".resume.h5"),
         ):
             leftover.unlink(missing_ok=True)

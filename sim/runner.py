@@ -6,6 +6,7 @@ exactly as a single run is.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,12 @@ def config_yaml(config: Config) -> str:
 
 
 def write_config(config: Config, run_dir: Path) -> None:
-    """The resolved config beside the record, as `config.yaml`."""
-    (run_dir / CONFIG_NAME).write_text(config_yaml(config))
+    """The resolved config beside the record, as `config.yaml` (written to a temporary file, then renamed: a kill
+    never leaves half a file)."""
+    path = run_dir / CONFIG_NAME
+    tmp = path.with_suffix(".tmp.yaml")
+    tmp.write_text(config_yaml(config))
+    os.replace(tmp, path)
 
 
 def _postfix(model: ParticleModel) -> dict[str, str]:

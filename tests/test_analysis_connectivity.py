@@ -28,8 +28,8 @@ def test_kind_mixing_on_a_path_graph():
     names = ["divergent", "zero", "self_replicator", "self_replicator_2nd", "other"]
     mixing = kind_mixing(kinds, edges, names)
     # neighbours of 0: {1}; of 1: {0, 2} -> 2 of 3 self-replicator neighbours are self-replicators; likewise for other
-    assert mixing["self_replicator"] == {"neighbour_same_kind": pytest.approx(2 / 3), "overall_fraction": 0.5}
-    assert mixing["other"] == {"neighbour_same_kind": pytest.approx(2 / 3), "overall_fraction": 0.5}
+    assert mixing["self_replicator"].to_json() == {"neighbour_same_kind": pytest.approx(2 / 3), "overall_fraction": 0.5}
+    assert mixing["other"].to_json() == {"neighbour_same_kind": pytest.approx(2 / 3), "overall_fraction": 0.5}
 
 
 def test_organism_numbers_match_the_record(arithmetic_run, tmp_path):
@@ -76,21 +76,21 @@ def test_pixel_map_matches_the_data_and_the_topology(young_mnist):
     share = np.zeros(side * side)
     share[dark] = 1.0
     share[bright] = 1 / fan_out
-    np.testing.assert_allclose(pixels["sr_share"], share.reshape(side, side))
-    np.testing.assert_allclose(pixels["mean_digit"], intensity.reshape(side, side), rtol=1e-6)
+    np.testing.assert_allclose(pixels.sr_share, share.reshape(side, side))
+    np.testing.assert_allclose(pixels.mean_digit, intensity.reshape(side, side), rtol=1e-6)
     sr_reads = np.concatenate([np.repeat(intensity[dark], fan_out), [intensity[bright]]])
     others = np.concatenate([np.repeat(np.delete(intensity, np.append(dark, bright)), fan_out),
                              np.repeat(intensity[bright], fan_out - 1)])  # fmt: skip
-    assert pixels["mean_intensity_self_replicators"] == pytest.approx(sr_reads.mean(), rel=1e-6)
-    assert pixels["mean_intensity_others"] == pytest.approx(others.mean(), rel=1e-6)
-    assert pixels["n_input_self_replicators"] == 40 * fan_out + 1
-    assert pixels["pixels_all_self_replicators"] == 40
-    assert pixels["pixels_without_self_replicators"] == side * side - 41
+    assert pixels.mean_intensity_self_replicators == pytest.approx(sr_reads.mean(), rel=1e-6)
+    assert pixels.mean_intensity_others == pytest.approx(others.mean(), rel=1e-6)
+    assert pixels.n_input_self_replicators == 40 * fan_out + 1
+    assert pixels.pixels_all_self_replicators == 40
+    assert pixels.pixels_without_self_replicators == side * side - 41
     # pixels that never light up in the held-out set carry nothing
     test_x = make_task("mnist", 0, "cpu", torch.float64).test_x.numpy()
     dead = (test_x == 0).all(axis=0)
-    assert dead.any() and (pixels["task_contribution"].ravel()[dead] == 0).all()
-    assert (pixels["task_contribution"].ravel()[~dead] > 0).all()
+    assert dead.any() and (pixels.task_contribution.ravel()[dead] == 0).all()
+    assert (pixels.task_contribution.ravel()[~dead] > 0).all()
 
 
 def test_mnist_run_draws_both_figures(young_mnist, tmp_path):

@@ -1,9 +1,12 @@
 """analysis.pruning against an independent recomputation from the checkpoint, on the arithmetic and MNIST fixtures.
 
 The recomputation rebuilds the organism from `sim.organism` with the checkpoint's weights, computes effective weights,
-layer inputs, task contributions and the metric by hand, and never calls into `analysis`.
+layer inputs, task contributions and the metric by hand, and never calls into `analysis`. Choices (contributions, the
+pure set, the exact ablation) are recomputed on the validation split, reported metrics on the test split.
 """
 
+import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.pruning import main
+from analysis.common import jsonable, load_run
+from analysis.pruning import DEFAULT_EXACT_MAX, PruningResult, analyse, main, prune
 from sim.organism import Organism
 from sim.particles import ParticleSpec
 from sim.tasks import make_task
@@ -23,7 +27,7 @@ DRAWS = "10"
 
 @dataclass
 class Rebuilt:
-    """A run rebuilt by hand: final weights, kinds, organism, held-out data."""
+    """A run rebuilt by hand: final weights, kinds, organism, test (held-out) and validation data."""
 
     weights: torch.Tensor  # [P, n]
     kinds: np.ndarray  # [P] kind names
@@ -33,19 +37,22 @@ class Rebuilt:
     organism: Organism
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     metric_name: str
 
-    def metric(self, weights: torch.Tensor) -> float:
+    def metric(self, weights: torch.Tensor, split: str = "test") -> float:
+        x, y = (self.test_x, self.test_y) if split == "test" else (self.val_x, self.val_y)
         with torch.no_grad():
-            out = self.organism.forward(weights, self.test_x)
+            out = self.organism.forward(weights, x)
         if self.metric_name == "mae":
-            return float((out - self.test_y).abs().mean())
-        return float((out.argmax(dim=1) == self.test_y).double().mean())
+            return float((out - y).abs().mean())
+        return float((out.argmax(dim=1) == y).double().mean())
 
-    def without(self, ids: np.ndarray) -> float:
+    def without(self, ids: np.ndarray, split: str = "test") -> float:
         w = self.weights.clone()
         w[torch.as_tensor(np.asarray(ids, dtype=np.int64))] = 0
-        return self.metric(w)
+        return self.metric(w, split)
 
     def effective(self) -> np.ndarray:
         """`(W3 W2 W1)[k-1]` of every (linear) particle, `[P]`."""
@@ -57,9 +64,10 @@ class Rebuilt:
         return (W3 @ W2 @ W1)[:, 0, k - 1].numpy()
 
     def relative_contribution(self) -> np.ndarray:
-        """Mean |effective weight x input| on the held-out set, as a share of the target neuron's total times fan-in."""
+        """Mean |effective weight x input| on the validation split, as a share of the target neuron's total times
+        fan-in."""
         a = self.effective()
-        x = self.test_x.double().numpy()
+        x = self.val_x.double().numpy()
         out, start = [], 0
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             A = a[start : start + n_in * n_out].reshape(n_out, n_in)  # particle ids run row-major over [out, in]
@@ -86,7 +94,8 @@ def rebuild(run_dir: Path) -> Rebuilt:
     t = config["task"]
     task = make_task(t["name"], config["seed"], "cpu", torch.float64, resize=t["resize"])
     organism = Organism(sizes, spec, residual=config["organism"]["residual"])
-    return Rebuilt(weights, kinds, record_metric, sizes, spec, organism, task.test_x, task.test_y, metric_name)
+    return Rebuilt(weights, kinds, record_metric, sizes, spec, organism, task.test_x, task.test_y, task.val_x,
+                   task.val_y, metric_name)  # fmt: skip
 
 
 def pruning_numbers(run_dir: Path, tmp_path: Path, *extra: str) -> dict:
@@ -174,10 +183,14 @@ def test_contributions_and_pure_self_replicators(case):
                                ("equal_sparsity", "magnitude", eq["magnitude"])]:  # fmt: skip
         within = metric >= full - margin if up else metric <= full + margin
         assert numbers["within_tolerance"][table][key] == within
-    for threshold, count, metric in zip(*(numbers["threshold_scan"][k] for k in ("threshold", "count", "metric"))):
+    scan = numbers["threshold_scan"]
+    for threshold, count, metric, validation in zip(*(scan[k] for k in ("threshold", "count", "metric",
+                                                                        "validation_metric"))):  # fmt: skip
         ids = np.flatnonzero((r.kinds == "self_replicator") & (r.relative_contribution() < threshold))
         assert count == len(ids)
         assert metric == pytest.approx(r.without(ids), rel=1e-6, abs=1e-12)
+        assert validation == pytest.approx(r.without(ids, "validation"), rel=1e-6, abs=1e-12)
+    assert numbers["metric_full_validation"] == pytest.approx(r.metric(r.weights, "validation"), rel=1e-9, abs=1e-15)
 
 
 def test_curve_runs_from_full_to_empty(case):
@@ -210,8 +223,8 @@ def test_arithmetic_metrics_are_float64_not_float32(arithmetic):
 
 def test_exact_single_particle_ablation_on_the_small_organism(arithmetic):
     _, numbers, r, _ = arithmetic
-    full = r.metric(r.weights)
-    expected = [r.without([p]) - full for p in range(len(r.kinds))]
+    full = r.metric(r.weights, "validation")
+    expected = [r.without([p], "validation") - full for p in range(len(r.kinds))]
     np.testing.assert_allclose(numbers["particles"]["exact_metric_change"], expected, rtol=1e-5, atol=1e-9)
 
 
@@ -251,3 +264,66 @@ def test_bad_options_and_soup(soup_run, arithmetic_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "soup run: pruning needs an organism with a task" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_json_says_which_split_each_number_used(case):
+    _, numbers, r, _ = case
+    assert numbers["selection_split"] == "validation" and numbers["reported_split"] == "test"
+    assert numbers["split"]["validation"] == len(r.val_y) and numbers["split"]["test"] == len(r.test_y)
+    # the two splits share no sample
+    distance = torch.cdist(r.val_x.double(), r.test_x.double())
+    assert float(distance.min()) > 0
+
+
+def options(**given: object) -> argparse.Namespace:
+    base = {"threshold": 0.01, "draws": 10, "exact_max": DEFAULT_EXACT_MAX, "seed": 0}
+    return argparse.Namespace(**{**base, **given})
+
+
+def with_split(run_dir: Path, split: str, images: torch.Tensor):
+    """The run with the inputs of `split` replaced by `images` (the labels kept)."""
+    run = load_run(run_dir)
+    field = {"test": "test_x", "validation": "val_x"}[split]
+    run.__dict__["task"] = dataclasses.replace(run.task, **{field: images})
+    return run
+
+
+def test_choices_read_the_validation_split_only(mnist_run):
+    """Other test images change the reported metrics, not one choice; other validation images change the choices."""
+    plain = prune(load_run(mnist_run), options())
+    test_x = load_run(mnist_run).task.test_x
+    g = torch.Generator().manual_seed(0)
+    other = prune(with_split(mnist_run, "test", torch.rand(test_x.shape, generator=g, dtype=test_x.dtype)), options())
+    assert len(plain.pure_ids) > 0
+    np.testing.assert_array_equal(other.pure_ids, plain.pure_ids)
+    np.testing.assert_array_equal(other.particles.contribution_relative, plain.particles.contribution_relative)
+    assert other.threshold_scan.validation_metric == plain.threshold_scan.validation_metric
+    assert other.metric_full_validation == plain.metric_full_validation
+    assert other.metric_full != plain.metric_full and other.equal_sparsity.group != plain.equal_sparsity.group
+
+    val_x = load_run(mnist_run).task.val_x
+    moved = prune(with_split(mnist_run, "validation", val_x.flip(1)), options())  # the pixels mirrored
+    assert not np.array_equal(moved.particles.contribution_relative, plain.particles.contribution_relative)
+    assert moved.metric_full == plain.metric_full
+
+
+def test_to_json_is_the_json_written(arithmetic_run, arithmetic, tmp_path):
+    """The typed result's `to_json()` is what `--json` writes, key for key and in order."""
+    _, numbers, _, _ = arithmetic
+    result = analyse(load_run(arithmetic_run), tmp_path, options())
+    assert isinstance(result, PruningResult) and len(result.figures) == 4
+    written = json.loads(json.dumps(jsonable(result.to_json())))
+    assert written == numbers and list(written) == list(numbers)
+    assert list(numbers) == [
+        "metric_name", "higher_is_better", "metric_full", "metric_full_validation", "final_step", "weights_source",
+        "n_particles", "pure_threshold", "random_draws", "tolerance", "metric_floor", "metric_dtype", "run_dtype",
+        "selection_split", "reported_split", "split", "dropout", "equal_sparsity", "equal_sparsity_pure",
+        "within_tolerance", "threshold_scan", "curve", "particles",
+    ]  # fmt: skip
+    assert list(numbers["equal_sparsity"]) == [
+        "count", "fraction", "l1", "magnitude", "contribution", "random_mean", "random_sd", "self_replicators",
+        "pure_self_replicators", "pure_count", "pure_fraction",
+    ]  # fmt: skip
+    assert list(numbers["within_tolerance"]["equal_sparsity_pure"]) == [
+        "pure_self_replicators", "l1", "magnitude", "contribution", "random_mean",
+    ]  # fmt: skip

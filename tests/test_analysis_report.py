@@ -15,6 +15,7 @@ import pytest
 
 from analysis import group_report, pruning, report
 from analysis.report_format import fmt
+from sim.record import GROUPS
 from sim.run import main as sim_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,7 @@ def single(arithmetic_run, tmp_path_factory):
     return run, run / "report"
 
 
+@pytest.mark.slow  # a whole report (tests/test_report_page.py keeps one in the inner loop)
 def test_single_run_report_embeds_every_figure(single):
     _, out = single
     assert (out / "report.md").is_file() and (out / "summary.json").is_file()
@@ -79,6 +81,7 @@ def test_single_run_report_embeds_every_figure(single):
         assert f"(`analysis.{name}`)" in md  # a section per script, run or skipped with its reason
 
 
+@pytest.mark.slow  # a whole report (tests/test_report_page.py keeps one in the inner loop)
 def test_single_run_summary_matches_record_and_pruning_json(single):
     run, out = single
     summary = json.loads((out / "summary.json").read_text())
@@ -108,6 +111,7 @@ def test_single_run_summary_matches_record_and_pruning_json(single):
     assert "### The pure threshold (0.01)" in md
 
 
+@pytest.mark.slow  # a whole report (tests/test_report_page.py keeps one in the inner loop)
 def test_pruning_json_of_the_report_equals_the_script(single, tmp_path):
     run, out = single
     path = tmp_path / "p.json"
@@ -238,6 +242,7 @@ def broken(arithmetic_run, tmp_path):
             with h5py.File(run / "run.h5", "r+") as f:
                 for dataset in f["snapshots"].values():
                     dataset.resize(0, axis=0)
+                f["rows"][GROUPS.index("snapshots")] = 0  # its committed count agrees: no snapshot was ever written
         return run
 
     return make

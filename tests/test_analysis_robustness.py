@@ -1,12 +1,15 @@
 """analysis.robustness: the self-application loop against closed forms and a plain per-particle re-implementation."""
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 from test_analysis_figures import edited_copy, one_line_error, pngs_exist, read_record, run_cli
 from test_particles import plain_self_application
 
-from analysis.robustness import findings, iterate_self_application, main, noisy_copies
+from analysis.common import jsonable, load_run
+from analysis.robustness import analyse, findings, iterate_self_application, main, noisy_copies
 from sim.particles import DIVERGENT, OTHER, SELF_REPLICATOR, ZERO, ParticleSpec
 
 SPEC = ParticleSpec()  # linear, k = h = 5: the defaults of the MNIST and soup fixtures
@@ -21,6 +24,14 @@ def diagonal_particle(a: float) -> torch.Tensor:
     w = torch.zeros(SPEC.n_weights, dtype=torch.float64)
     w[0] = w[k * h] = w[k * h + h * h] = a
     return w
+
+
+def typed(run_dir, tmp, numbers, **given):
+    """The typed result of the same analysis in-process, checked against the JSON the CLI wrote."""
+    options = {"noise_exponents": list(range(1, 10)), "repeats": 5, "max_steps": 1000, "noise_seed": 0, **given}
+    result = analyse(load_run(run_dir), tmp / "typed", argparse.Namespace(**options))
+    assert jsonable(result.to_json()) == numbers
+    return result
 
 
 def test_closed_forms_exact_replicator_zero_and_divergent():
@@ -138,7 +149,7 @@ def test_a_run_without_self_replicators_says_so(soup_run, tmp_path):
     numbers, out = run_cli(main, copy, tmp_path)
     assert numbers["n_self_replicators"] == 0 and numbers["levels"] == {}
     assert numbers["stability"]["spectral_radius"] == [] and numbers["stability"]["attracting_count"] == 0
-    assert "No particle is a self-replicator" in findings(numbers)[0]
+    assert "No particle is a self-replicator" in findings(typed(copy, tmp_path, numbers))[0]
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a figure that says so
 
 
@@ -163,7 +174,7 @@ def test_spectral_radius_and_predicted_steps_match_a_plain_computation(arithmeti
             t += 1
         assert stability["predicted_sr_steps"][i] == t
     assert stability["attracting_count"] == sum(x < 1 for x in stability["spectral_radius"])
-    lines = findings(numbers)
+    lines = findings(typed(arithmetic_run, tmp_path, numbers, noise_exponents=[6], repeats=1, max_steps=40))
     assert f"{stability['spectral_radius_summary']['median']:.3g}" in lines[0]
     assert f"median of {stability['predicted_sr_steps_summary']['median']:g} self-applications" in lines[1]
 

@@ -21,10 +21,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.app import ORGANISM_PARAMS, SOUP_PARAMS, LiveOrganism, LiveSoup, _settings_text, gate_progress
+from sim.app import (
+    ORGANISM_PARAMS,
+    SOUP_PARAMS,
+    KindCountsView,
+    LiveOrganism,
+    LiveSoup,
+    MetricView,
+    SRLossView,
+    _settings_text,
+    gate_progress,
+)
 from sim.events import EVENT_NAMES, EVENTS
 from sim.figures import kinds_text, organism_layout
-from sim.particles import KIND_NAMES
+from sim.particles import KIND_COLOURS, KIND_NAMES
 from sim.record import open_record, read_group
 from sim.replay import load_replay
 from sim.run import main as run_main
@@ -57,21 +67,52 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- without a browser -------------------------------------------------------------------------------------------
-def test_live_organism_keeps_every_logged_step() -> None:
+def test_live_organism_collects_every_step() -> None:
     model = LiveOrganism(task="arithmetic", n_sr=2, seed=3)
     for _ in range(3):
         model.step()
-    assert [row["step"] for row in model.history] == [0, 1, 2, 3]
-    assert sum(model.history[-1]["kind_counts"].values()) == model.n_particles == 18
+    frame = model.datacollector.get_model_vars_dataframe()
+    assert frame.index.tolist() == [1, 2, 3]  # the page logs every step (the initial state is the record's)
+    assert frame.loc[3, list(KIND_NAMES)].sum() == model.n_particles == 18
+    assert frame.loc[3, "sr_loss"] == model.summary["sr_loss"]
     assert model.layout.xy.shape == (18, 2)
 
 
 def test_live_soup_is_drawn_as_its_graph() -> None:
     model = LiveSoup(size=20, n_sr=1)
     model.step()
-    assert [row["step"] for row in model.history] == [0, 1]
+    assert model.datacollector.get_model_vars_dataframe().index.tolist() == [1]
     assert model.layout.xy.shape == (20, 2) and model.layout.line_particle is None
     assert len(model.layout.lines) == model.graph.number_of_edges()
+
+
+def test_the_live_plots_are_mesas_plots_of_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    import solara
+
+    drawn = []
+    show = solara.FigureMatplotlib
+    monkeypatch.setattr(solara, "FigureMatplotlib", lambda figure, **kw: drawn.append(figure) or show(figure, **kw))
+    model = LiveOrganism(task="arithmetic", n_sr=2, seed=3)
+    for _ in range(4):
+        model.step()
+    frame = model.datacollector.get_model_vars_dataframe()
+
+    @solara.component
+    def Plots() -> None:
+        KindCountsView(model)
+        MetricView(model)
+        SRLossView(model)
+
+    solara.render(Plots(), handle_error=False)
+    kinds, metric, loss = (figure.axes[0] for figure in drawn)
+    assert [line.get_label() for line in kinds.lines] == list(KIND_NAMES)
+    for line, name in zip(kinds.lines, KIND_NAMES, strict=True):
+        assert line.get_color() == KIND_COLOURS[name]
+        assert list(line.get_xdata()) == [1, 2, 3, 4] and list(line.get_ydata()) == frame[name].tolist()
+    assert metric.get_title() == "held-out mae"
+    assert list(metric.lines[0].get_ydata()) == frame["held_out_metric"].tolist()
+    assert loss.get_title() == "mean SR loss" and loss.get_yscale() == "log"
+    assert list(loss.lines[0].get_ydata()) == frame["sr_loss"].tolist()
 
 
 def test_the_gate_is_a_progress_line_until_self_training_starts() -> None:

@@ -66,6 +66,7 @@ def test_loop_and_batched_classify_alike():
     ]
 
 
+@pytest.mark.slow  # the whole benchmark CLI, every section, at a tiny size
 def test_json_has_exactly_the_documented_shape(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "CASES", TINY_CASES)
     monkeypatch.setattr(bench, "QUICK", TINY_BUDGET)

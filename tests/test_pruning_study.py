@@ -95,6 +95,7 @@ def accuracy(trained, weights):
     return float((dense_forward(matrices_of(weights, trained.run.sizes), x).argmax(1) == y).double().mean())
 
 
+@pytest.mark.slow  # the whole study over a sweep of six runs
 def test_the_json_contract(study):
     doc, out = study
     assert doc["selection_split"] == "validation" and doc["split"] == {"train": 3500, "validation": 500, "test": 1000}
@@ -121,6 +122,7 @@ def test_the_json_contract(study):
     assert all((out / name).stat().st_size > 0 for name in ("study_curves.png", "study_curves_finetuned.png"))
 
 
+@pytest.mark.slow  # the whole study over a sweep of six runs
 def test_global_magnitude_is_torch_prune_and_an_independent_sort(study, sweep):
     doc, _ = study
     for point, name in (("mode=dense", "dense"), ("mode=organism", "organism")):
@@ -150,6 +152,7 @@ def test_layerwise_magnitude_prunes_the_same_fraction_of_every_layer(sweep):
         start += n_in * n_out
 
 
+@pytest.mark.slow  # the whole study over a sweep of six runs
 def test_snip_is_the_hand_written_autograd_product_on_validation(study, sweep):
     doc, _ = study
     for point, name in (("mode=organism", "organism"), ("mode=dense", "dense")):
@@ -167,6 +170,7 @@ def test_snip_is_the_hand_written_autograd_product_on_validation(study, sweep):
         assert doc["models"][name]["curves"]["snip"][2]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
 
 
+@pytest.mark.slow  # the whole study over a sweep of six runs
 def test_random_is_reproducible_by_seed_and_its_curve_averages_the_draws(study, sweep):
     doc, _ = study
     a, b = random_keep(100, 30, seed=4, draw=2), random_keep(100, 30, seed=4, draw=2)

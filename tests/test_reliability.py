@@ -6,6 +6,7 @@ Every corruption is made here on a small arithmetic run; `scripts/faults.py` run
 import hashlib
 import multiprocessing
 import os
+import re
 import resource
 import shutil
 import signal
@@ -21,15 +22,18 @@ import torch
 
 from analysis.common import load_run
 from analysis.pruning import main as pruning_main
-from sim.config import build_config
+from sim.config import build_config, from_dict
 from sim.record import (
+    CHECKPOINT_KEYS,
     CHECKPOINT_NAME,
     RecordError,
+    extended_checkpoint,
     is_complete,
     load_checkpoint,
     open_record,
     read_attrs,
     read_group,
+    save_checkpoint,
 )
 from sim.run import main
 from sim.rundir import LOCK_NAME, RunDir, RunDirError
@@ -124,6 +128,9 @@ def test_paths_in_a_record_stay_inside_its_run_directory(small_run, tmp_path):
         f.attrs["checkpoint"] = "../other/checkpoint.pt"
     with pytest.raises(RecordError, match="points outside its run directory"):
         load_run(run_dir).final_weights()
+    before = digest_files(run_dir)
+    assert main(["--resume", str(run_dir), "--quiet"]) == 2  # refused, not ignored
+    assert digest_files(run_dir) == before
 
     linked = copy_run(small_run, tmp_path / "linked")
     (linked / CHECKPOINT_NAME).unlink()
@@ -156,6 +163,7 @@ def _start_together(jobs: list[tuple[list[str], Path]]) -> list[int]:
     return [proc.exitcode for proc in procs]
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_twenty_pairs_of_writers_started_together_never_lose_a_run_or_a_row(tmp_path):
     jobs = []
     for pair in range(20):
@@ -190,6 +198,7 @@ def test_twenty_pairs_of_writers_started_together_never_lose_a_run_or_a_row(tmp_
     assert_same_rows(tmp_path / "pair0", reference)
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_two_resumes_of_one_run_started_together_lose_nothing(tmp_path):
     reference = tmp_path / "reference"
     assert main([*FAST, "--steps", "200", "--out", str(reference)]) == 0
@@ -204,6 +213,7 @@ def test_two_resumes_of_one_run_started_together_lose_nothing(tmp_path):
         assert_same_rows(tmp_path / f"run{i}", reference)
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_second_writer_is_refused_naming_the_holder_and_errors_remove_only_their_own_files(tmp_path):
     run_dir = tmp_path / "held"
     with RunDir.claim(run_dir, new=True):
@@ -234,6 +244,7 @@ def _file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_write_that_fails_mid_run_stops_on_one_line_and_keeps_every_committed_row(tmp_path):
     run_dir = tmp_path / "run"
     args = [*FAST, "--steps", "3000", "--seed", "3", "--set", "record.snapshot_every=500"]
@@ -313,6 +324,49 @@ def test_a_damaged_record_is_refused_on_one_line_within_seconds(small_run, tmp_p
     assert digest_files(run_dir) == before or resume == 0
 
 
+def _invert_chunk(dataset: str):
+    """Four bytes inverted in the middle of the last stored chunk of `dataset`."""
+
+    def damage(path: Path) -> None:
+        with h5py.File(path, "r") as f:
+            chunks = f[dataset].id
+            info = chunks.get_chunk_info(chunks.get_num_chunks() - 1)
+        _invert(info.byte_offset + info.size // 2)(path)
+
+    return damage
+
+
+def _set_kinds(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        f["particles/kind"][-1, 3] = 42
+
+
+ROW_DAMAGE = {
+    "a snapshot's weights": (_invert_chunk("snapshots/weights"), "/snapshots/weights"),
+    "the particle graph": (_invert_chunk("topology/edges"), "/topology/edges"),
+    "the committed row counts": (_invert_chunk("rows"), "damaged record"),
+    "a kind code out of range": (_set_kinds, "/particles/kind holds code 42, outside -1..4"),
+}
+
+
+@pytest.mark.parametrize("damage", list(ROW_DAMAGE))
+def test_damaged_rows_that_a_command_would_not_read_are_found_first(small_run, tmp_path, capsys, damage):
+    run_dir = copy_run(small_run, tmp_path / "run")
+    with h5py.File(run_dir / "run.h5", "r") as f:  # every dataset of a new record is checksummed
+        assert all(f[g][name].fletcher32 for g in ("steps", "particles", "snapshots", "topology") for name in f[g])
+        assert f["rows"].fletcher32
+    make, words = ROW_DAMAGE[damage]
+    make(run_dir / "run.h5")
+    before = digest_files(run_dir)
+    with pytest.raises(RecordError, match=re.escape(words)):
+        load_run(run_dir)
+    assert main(["--resume", str(run_dir), "--quiet"]) == 2  # the run is complete: resume read nothing else before
+    assert pruning_main([str(run_dir), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(words in line for line in err), err
+    assert digest_files(run_dir) == before
+
+
 def _flip_weights(path: Path) -> None:
     state = torch.load(path, weights_only=True)
     state["weights"][0, 0] += 1.0
@@ -354,7 +408,7 @@ def test_a_damaged_checkpoint_is_refused_on_one_line(small_run, tmp_path, capsys
 
 
 # --- 4. the checkpoint is bound to its record and config -------------------------------------------------------------
-def test_resume_refuses_a_checkpoint_of_another_run_or_a_changed_config(small_run, tmp_path, capsys):
+def test_resume_and_analysis_refuse_a_checkpoint_of_another_run_or_a_changed_config(small_run, tmp_path, capsys):
     other_seed = copy_run(small_run, tmp_path / "seed")
     _from_other_seed(tmp_path)(other_seed / CHECKPOINT_NAME)
     edited = copy_run(small_run, tmp_path / "edited")
@@ -364,8 +418,9 @@ def test_resume_refuses_a_checkpoint_of_another_run_or_a_changed_config(small_ru
     for run_dir, words in cases:
         before = digest_files(run_dir)
         assert main(["--resume", str(run_dir), "--quiet"]) == 2
+        assert pruning_main([str(run_dir), "--out", str(tmp_path / "fig")]) == 2  # analysis binds it the same way
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and words in err[0], err
+        assert len(err) == 2 and all(words in line for line in err), err
         assert digest_files(run_dir) == before
 
 
@@ -414,7 +469,20 @@ def test_resume_refuses_a_checkpoint_newer_than_its_record_and_names_steps_it_re
     assert_same_rows(behind, reference)
 
 
+def test_a_resume_may_choose_its_device_and_threads_anew(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    partial_run(run_dir, steps=50, stop_at=30)
+    # what a `--resume --threads 2` killed before its first checkpoint leaves: config.yaml and the record say 2
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("threads: null", "threads: 2"))
+    with h5py.File(run_dir / "run.h5", "r+") as f:
+        f.attrs["config"] = f.attrs["config"].replace('"threads": null', '"threads": 2')
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0 and "already complete" in capsys.readouterr().out
+
+
 # --- 7. SIGTERM and SIGINT: finish the step, flush, checkpoint, exit 143/130 -----------------------------------------
+@pytest.mark.slow  # starts sim.run processes
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_checkpoints_and_resume_is_bit_identical(tmp_path, signum, status):
     args = [*FAST, "--steps", "4000", "--seed", "5", "--set", "record.snapshot_every=1000"]
@@ -442,6 +510,7 @@ def test_a_stop_signal_checkpoints_and_resume_is_bit_identical(tmp_path, signum,
     assert torch.equal(resumed["weights"], uninterrupted["weights"])
 
 
+@pytest.mark.slow  # starts sim.run processes
 def test_a_second_signal_exits_at_once_without_a_traceback_and_keeps_a_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *FAST, "--steps", "100000", "--out", str(run_dir)],
@@ -492,3 +561,128 @@ def test_a_config_that_cannot_fit_memory_is_refused_at_once(tmp_path, capsys, se
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs about" in err[0] and f"({words}:" in err[0] and setting.split("=")[0] in err[0]
     assert not out.exists()
+
+
+# --- 9. `--resume DIR --steps N` extends a run, bit-identically to a run of N steps from the start -------------------
+# intervals that 20 is no multiple of: the 20-step run logs and snapshots its last step only because it is the last
+EXTEND = ["--quiet", "--set", "record.log_every=3", "--set", "record.snapshot_every=7"]
+EXTENDED = {
+    "arithmetic with events": ["--task", "arithmetic", "--set", "events.noise=0.02", "--set", "events.attack=0.01"],
+    "arithmetic with the gate opening": ["--task", "arithmetic", "--set", "train.task_first_window=4",
+                                         "--set", "train.task_first_threshold=0.25"],
+}  # fmt: skip
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Every dataset of two records (wall times aside) and every checkpoint entry but the run's identity equal."""
+    assert_same_rows(a, b)
+    with open_record(a) as fa, open_record(b) as fb:
+        for name in fa["topology"]:
+            np.testing.assert_array_equal(fa["topology"][name][()], fb["topology"][name][()], err_msg=name)
+        assert read_attrs(fa)["config"] == read_attrs(fb)["config"]
+    sa, sb = load_checkpoint(a / CHECKPOINT_NAME), load_checkpoint(b / CHECKPOINT_NAME)
+    for key in CHECKPOINT_KEYS:
+        if key not in ("run_id",):
+            same = torch.equal(sa[key], sb[key]) if isinstance(sa[key], torch.Tensor) else sa[key] == sb[key]
+            assert same, key
+    assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("run", list(EXTENDED))
+def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tmp_path, capsys, run):
+    args = [*EXTEND, *EXTENDED[run]]
+    extended, full = tmp_path / "extended", tmp_path / "full"
+    assert main([*args, "--steps", "20", "--out", str(extended)]) == 0
+    with open_record(extended) as f:  # the extras of its last step, which a 40-step run does not have
+        assert read_group(f, "particles")["step"][-1] == 20 and read_group(f, "snapshots")["step"][-1] == 20
+    assert main(["--resume", str(extended), "--steps", "40", "--quiet"]) == 0
+    assert main([*args, "--steps", "40", "--out", str(full)]) == 0
+    with open_record(full) as f:
+        assert 20 not in read_group(f, "particles")["step"]
+        if "events" in run:
+            assert read_group(f, "events")["step"].size > 0
+        if "gate" in run:
+            active = read_group(f, "steps")["sr_active"]
+            assert not active[0] and active[-1]  # the gate opened during the run
+    assert_same_run(extended, full)
+    assert is_complete(extended)
+
+
+def test_resume_refuses_fewer_steps_and_takes_equal_steps_as_a_plain_resume(small_run, tmp_path, capsys):
+    run_dir = copy_run(small_run, tmp_path / "run")
+    before = digest_files(run_dir)
+    assert main(["--resume", str(run_dir), "--steps", "59", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps 59 is fewer than the 60 steps" in err[0] and "not shortened" in err[0]
+    assert main(["--resume", str(run_dir), "--steps", "60", "--quiet"]) == 0
+    assert "already complete (60 steps)" in capsys.readouterr().out
+    assert digest_files(run_dir) == before
+
+
+def test_an_extension_stopped_part_way_resumes_as_the_extension(tmp_path, capsys):
+    full = tmp_path / "full"
+    assert main([*FAST, "--steps", "90", "--out", str(full)]) == 0
+    # killed after the extension replaced the checkpoint, before it touched the record and config.yaml ...
+    early = tmp_path / "early"
+    assert main([*FAST, "--steps", "50", "--out", str(early)]) == 0
+    state = load_checkpoint(early / CHECKPOINT_NAME)
+    save_checkpoint(early / CHECKPOINT_NAME, extended_checkpoint(early, state, 90))
+    # ... or after it rewrote the record, before config.yaml
+    late = copy_run(early, tmp_path / "late")
+    model = build_model(from_dict(load_checkpoint(late / CHECKPOINT_NAME)["config"]), late, resume=True)
+    model.close()
+    with open_record(late) as f:
+        assert read_attrs(f)["config"]["steps"] == 90 and "steps: 50" in (late / "config.yaml").read_text()
+    # an interrupted run (stopped at step 30 of 50) extended straight away
+    stopped = tmp_path / "stopped"
+    partial_run(stopped, steps=50, stop_at=30)
+    assert main(["--resume", str(stopped), "--steps", "90", "--quiet"]) == 0
+    for run_dir in (early, late):
+        assert main(["--resume", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    for run_dir in (early, late, stopped):
+        assert_same_run(run_dir, full)
+
+
+# --- analysis command lines: output paths of the wrong kind are refused before anything is read ----------------------
+ANALYSIS_RUN_SCRIPTS = ("connectivity", "pruning", "robustness", "soup", "specialisation", "trajectories")
+WRONG_OUTPUTS = [
+    *[(f"analysis.{name}", ["RUN", "--json", "DIR"], "--json") for name in ANALYSIS_RUN_SCRIPTS],
+    *[(f"analysis.{name}", ["RUN", "--out", "FILE"], "--out") for name in (*ANALYSIS_RUN_SCRIPTS, "report", "export")],
+    ("analysis.pruning_study", ["RUN", "--out", "FILE"], "--out"),
+    ("analysis.pruning_study", ["RUN", "--json", "DIR"], "--json"),
+    ("analysis.known_fixpoint", ["--out", "FILE"], "--out"),
+]
+
+
+@pytest.mark.parametrize(("module", "args", "flag"), WRONG_OUTPUTS)
+def test_every_analysis_refuses_an_output_of_the_wrong_kind_on_one_line(small_run, tmp_path, capsys, module, args,
+                                                                         flag):  # fmt: skip
+    import importlib
+
+    a_file, a_dir = tmp_path / "a-file", tmp_path / "a-dir"
+    a_file.write_text("kept")
+    a_dir.mkdir()
+    before = digest_files(small_run)
+    places = {"RUN": str(small_run), "FILE": str(a_file), "DIR": str(a_dir)}
+    assert importlib.import_module(module).main([places.get(a, a) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and ("existing file" in err[0] or "is a directory" in err[0]), err
+    assert a_file.read_text() == "kept" and not any(a_dir.iterdir()) and digest_files(small_run) == before
+
+
+# --- a huge --steps starts at once, as any run does ------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_huge_step_count_starts_at_once_and_stops_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sim.run", "--task", "arithmetic", "--steps", "1e12", "--out",
+                             str(run_dir)], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = proc.stderr.readline()  # a progress line after the first log interval (stderr is not a terminal)
+        assert first.startswith("step ") and "/1000000000000 " in first, first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    assert state["config"]["steps"] == 10**12 and 0 < state["step"] < 10**12

@@ -14,17 +14,33 @@ DOTTED_KEY = re.compile(r"\b[a-z_]+(\.[a-z0-9_]+){2,}\b")  # specialisation.per_
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+# the MNIST report (1,200 particles) is the costly one: in the full suite only
+MNIST = pytest.param("mnist", marks=pytest.mark.slow)
+
+
+class _Reports(dict):
+    """The one-run reports of the fixture runs by name, each written when a test first asks for it; `svg`: one
+    analysis of the arithmetic run with `--format svg`."""
+
+    def __init__(self, runs: dict[str, Path], root: Path) -> None:
+        super().__init__()
+        self.runs, self.root = runs, root
+
+    def __missing__(self, name: str) -> Path:
+        out = self.root / name
+        if name == "svg":
+            args = [str(self.runs["arithmetic"]), "--only", "specialisation", "--format", "svg"]
+        else:
+            args = [str(self.runs[name]), *DRAWS]
+        assert report.main([*args, "--out", str(out)]) == 0
+        self[name] = out
+        return out
+
+
 @pytest.fixture(scope="module")
 def reports(arithmetic_run, mnist_run, soup_run, tmp_path_factory):
-    """The one-run reports of the three fixture runs, and one in SVG."""
-    root = tmp_path_factory.mktemp("reports")
-    out = {}
-    for name, run in (("arithmetic", arithmetic_run), ("mnist", mnist_run), ("soup", soup_run)):
-        assert report.main([str(run), "--out", str(root / name), *DRAWS]) == 0
-        out[name] = root / name
-    assert report.main([str(arithmetic_run), "--out", str(root / "svg"), "--format", "svg", *DRAWS]) == 0
-    out["svg"] = root / "svg"
-    return out
+    runs = {"arithmetic": arithmetic_run, "mnist": mnist_run, "soup": soup_run}
+    return _Reports(runs, tmp_path_factory.mktemp("reports"))
 
 
 def table_rows(md: str, header_start: str) -> list[str]:
@@ -39,7 +55,7 @@ def table_rows(md: str, header_start: str) -> list[str]:
     return rows
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "mnist", "soup"])
+@pytest.mark.parametrize("name", ["arithmetic", MNIST, "soup"])
 def test_no_key_dumps_and_one_number_format(reports, name):
     md = (reports[name] / "report.md").read_text()
     for line in md.splitlines():
@@ -51,7 +67,7 @@ def test_no_key_dumps_and_one_number_format(reports, name):
     assert "±" not in md  # intervals are [lo, hi], spreads (sd s)
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "mnist", "soup"])
+@pytest.mark.parametrize("name", ["arithmetic", MNIST, "soup"])
 def test_every_figure_has_a_caption_and_every_link_stays_in_the_report(reports, name):
     out = reports[name]
     md = (out / "report.md").read_text()
@@ -67,7 +83,7 @@ def test_every_figure_has_a_caption_and_every_link_stays_in_the_report(reports, 
         assert path.is_relative_to(out.resolve()) and path.exists(), target
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "mnist"])
+@pytest.mark.parametrize("name", ["arithmetic", MNIST])
 def test_no_table_row_is_dropped(reports, name):
     out = reports[name]
     md = (out / "report.md").read_text()
@@ -111,7 +127,7 @@ def test_figure_format_svg(reports):
     assert all(link.endswith(".svg") for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
 
 
-def test_the_readme_and_reports_name_commands_not_notes(reports):
-    for name in ("arithmetic", "mnist", "soup"):
-        md = (reports[name] / "report.md").read_text()
-        assert "DESIGN" not in md and "../shared" not in md
+@pytest.mark.parametrize("name", ["arithmetic", MNIST, "soup"])
+def test_the_readme_and_reports_name_commands_not_notes(reports, name):
+    md = (reports[name] / "report.md").read_text()
+    assert "DESIGN" not in md and "../shared" not in md

@@ -86,6 +86,7 @@ def test_step_zero_is_the_initial_state_and_a_zero_step_run_is_complete(tmp_path
     np.testing.assert_array_equal(later["kind"][0], particles["kind"][0])
 
 
+@pytest.mark.slow  # a whole report of each mode
 def test_every_analysis_reads_a_zero_step_run(tmp_path):
     for args, name in (([*FAST], "arithmetic"), (["--quiet", "--set", "task.batch_size=100"], "mnist"),
                        (["--quiet", "--mode", "soup", "--set", "soup.size=50"], "soup")):  # fmt: skip

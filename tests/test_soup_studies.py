@@ -91,7 +91,7 @@ def test_end_summary_and_soup_report_count_the_recorded_events(lineage_soup, cap
     srs = int(run.particles["kind_counts"][-1][SELF_REPLICATOR])
     assert f"self-replicators at the end: {srs}" in printed and srs > 0
     result = analyse(run, tmp_path, None)
-    numbers = result.numbers
+    numbers = result.to_json()
     assert numbers["event_totals"] == printed_counts
     assert printed_counts["replicate"] > 0 and printed_counts["learn_from"] > 0
     assert result.figures[0].is_file()
@@ -101,9 +101,9 @@ def test_end_summary_and_soup_report_count_the_recorded_events(lineage_soup, cap
     assert lineages["largest_ever"] > 1  # replication made at least one lineage grow
     top = lineages["top"][0]
     assert f"| {top['founder']} | {top['size']} | {top['self_replicators']} |" in "\n".join(
-        report_body(run, numbers, tmp_path)
+        report_body(run, result, tmp_path)
     )
-    assert f"the largest {lineages['largest_at_end']} particles strong" in report_findings(run, numbers)[0]
+    assert f"the largest {lineages['largest_at_end']} particles strong" in report_findings(run, result)[0]
 
 
 def test_event_counts_survive_a_resume(tmp_path):
@@ -140,6 +140,7 @@ def soup_end(seed: int, *overrides: tuple[str, object]) -> dict[str, int]:
     return model.summary["kind_counts"]
 
 
+@pytest.mark.slow  # four soups of 300 steps: a study, not a unit
 def test_the_default_soup_keeps_self_replicators_where_the_old_one_collapses_to_zero():
     default = build_config(overrides=[("mode", "soup")]).events
     assert default.respawn_zero and default.attack == default.melt == 0.005  # what the scaled soups below stand for

@@ -1,8 +1,11 @@
-"""Every list of kinds and tasks is derived from its table: these tests fail when one drifts from it."""
+"""Every list of kinds and tasks is derived from its table, and the README's configuration table, kind list and usage
+line agree with the code: these tests fail when one drifts (the README's event table: tests/test_events.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import h5py
 import matplotlib.colors
@@ -117,3 +120,85 @@ def test_the_gate_line_names_the_metric_from_the_table(name):
     model = OrganismModel(task_name=name, steps=1, train_task_first_threshold=closed)
     model.step()
     assert f"train {metric.short} " in model.gate_status()
+
+
+# --- the README's tables and lists ---------------------------------------------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+# a documented key: `name`, an optional symbol (`weight_interface` k), then its default in parentheses
+DOCUMENTED_KEY = re.compile(r"`(\w+)`(?: \w)? \(([^)]*)\)")
+
+
+def _readme_section(title: str) -> str:
+    """The README's text under the heading `title`, up to the next heading."""
+    text = README.read_text()
+    start = text.index(f"\n{title}\n")
+    end = re.compile(r"\n#+ ").search(text, start + 1)
+    return text[start : end.start() if end else len(text)]
+
+
+def _config_table() -> dict[str, list[tuple[str, str]]]:
+    """The README's configuration table: per section (`top level`, `organism`, ...) its keys with their documented
+    defaults, in the order written."""
+    rows = {}
+    for line in _readme_section("### Configuration").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 2 and cells[0] not in ("section", "---"):
+            rows[cells[0].strip("`")] = DOCUMENTED_KEY.findall(cells[1])
+    return rows
+
+
+def _documented_default(value: object) -> str:
+    """A default as the README writes it: `none`, `true`, `0.004`, `shared_neuron`."""
+    return "none" if value is None else str(value).lower()
+
+
+def _section_fields(name: str) -> list[dataclasses.Field]:
+    """The keys of config section `name` (`top level`: the keys outside any section) that the table lists: the
+    `events` row names the rates and event parameters as a group (their own table is `sim.events.markdown_table`)."""
+    if name == "top level":
+        return [f for f in dataclasses.fields(config.Config) if f.name not in config.SECTIONS]
+    fields = dataclasses.fields(type(getattr(config.Config(), name)))
+    return [f for f in fields if f.name not in config.EVENT_RATES and f.name not in config.EVENT_PARAMS]
+
+
+def test_the_readme_config_table_lists_every_section_and_key_in_order():
+    table = _config_table()
+    sections = [f.name for f in dataclasses.fields(config.Config) if f.name in config.SECTIONS]
+    assert list(table) == ["top level", *sections]
+    for section, keys in table.items():
+        assert [key for key, _ in keys] == [f.name for f in _section_fields(section)], section
+
+
+def test_the_readme_config_table_gives_each_default():
+    for section, keys in _config_table().items():
+        fields = {f.name: f for f in _section_fields(section)}
+        for key, documented in keys:
+            full = key if section == "top level" else f"{section}.{key}"
+            tasks = {name: defaults[full] for name, defaults in config.TASK_DEFAULTS.items() if full in defaults}
+            if tasks:  # a task's default: "MNIST 5, arithmetic 3"
+                written = dict(re.findall(r"(\w+) ([-+.\de]+)", documented))
+                assert {name.lower(): float(value) for name, value in written.items()} == tasks, full
+            else:
+                first = re.split(r"[:;,]| \(", documented)[0].split(" ")[0]
+                assert first == _documented_default(fields[key].default), full
+
+
+def test_the_readme_config_table_names_the_event_keys_as_the_event_table():
+    # the rates and parameters themselves: the README's event table, checked against EVENTS in test_events.py
+    line = next(line for line in _readme_section("### Configuration").splitlines() if line.startswith("| `events`"))
+    assert "a rate per event type" in line and "the event parameters" in line
+
+
+def test_the_readme_names_the_kinds_of_the_table():
+    record = _readme_section("### The record (`run.h5`, schema 1)")
+    listed = re.search(r"Kind codes index `kind_names`: ([^.]*)\.", record).group(1)
+    assert re.findall(r"`(\w+)`", listed) == list(KIND_NAMES)
+    for text in (record, (README.parent / "docs" / "record.md").read_text()):
+        assert re.findall(r"`kind_counts \[T, (\d+)\]`", text) == [str(len(KINDS))]
+
+
+@pytest.mark.parametrize("flag", ["--mode", "--task", "--device"])
+def test_the_readme_usage_offers_the_run_cli_choices(flag):
+    usage = _readme_section("## The main job")
+    (written,) = re.findall(rf"\[{flag} ([\w|]+)\]", usage)
+    assert written.split("|") == list(run.parser()._option_string_actions[flag].choices)

