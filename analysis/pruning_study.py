@@ -53,6 +53,7 @@ FINETUNE_DRAWS = 3  # fine-tuning is costly: random pruning is fine-tuned on its
 TOLERANCE = 0.01  # "within 1 point" of accuracy
 LIVE_INTENSITY = 0.01  # an input pixel is live when its mean intensity on the validation split reaches this
 CENSUS_WINDOW = 0.2  # the kind census is compared over the last 20% of the steps
+PAPER_METHODS = {"l1", "magnitude"}  # the seed paper's figure needs both (`--methods` may leave them out)
 METHOD_LABELS = {
     "random": "random",
     "magnitude": "global magnitude",
@@ -408,7 +409,7 @@ def aggregate(name: str, trained: list[Trained], runs: list[dict[str, Any]]) -> 
         paper_figure=PaperFigure(
             full_values, [r["sr"]["all"] for r in runs], [r["at"]["own"]["l1"] for r in runs],
             [r["at"]["own"]["magnitude"] for r in runs], [r["sr"]["other"] for r in runs],
-        ) if organism else None,
+        ) if organism and set(runs[0]["at"]["own"]) >= PAPER_METHODS else None,
         finetuned=_aggregate_part(runs, "finetuned", full) if "finetuned" in runs[0] else None,
     )  # fmt: skip
 

@@ -95,6 +95,15 @@ def accuracy(trained, weights):
     return float((dense_forward(matrices_of(weights, trained.run.sizes), x).argmax(1) == y).double().mean())
 
 
+def test_a_subset_of_methods_runs_without_the_paper_figure(sweep, tmp_path):
+    """`--methods` without L1 and magnitude: every asked-for curve, no seed-paper figure (it needs both)."""
+    assert main([str(sweep), "--methods", "random,snip", "--draws", "10", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "study.json").read_text())
+    assert all(set(m["curves"]) == {"random", "snip"} for m in doc["models"].values())
+    assert "paper_figure" not in doc["models"]["organism"]
+    assert not (tmp_path / "study_paper_figure.png").exists()
+
+
 @pytest.mark.slow  # the whole study over a sweep of six runs
 def test_the_json_contract(study):
     doc, out = study
