@@ -35,6 +35,7 @@ from sim.particles import (
     init_weights,
     kernel_effective_weights,
     log_quantities,
+    mean_sr_loss,
     sr_loss,
     sr_train_,
     uses_kernels,
@@ -52,12 +53,21 @@ from sim.record import (
     save_checkpoint,
 )
 from sim.tasks import make_task
-from sim.topology import layer_sizes, neighbour_csr, organism_graph, particle_graph, particle_graph_size, particle_table
+from sim.topology import (
+    edges_csr,
+    layer_sizes,
+    neighbour_csr,
+    organism_graph,
+    particle_edges,
+    particle_graph,
+    particle_graph_size,
+    particle_table,
+)
 
 # the record is flushed at most this often between snapshots: an HDF5 flush costs milliseconds, a log interval less
 FLUSH_SECONDS = 1.0
-# the record holds the particle graph's edges up to this many; a larger graph is built only when events or agents
-# need it, and the record's `/topology/edges` is empty then (784-32-32-10 already has 11 M)
+# the record holds an organism's particle-graph edges up to this many; `/topology/edges` is empty for a larger one
+# (784-32-32-10 already has 11 M)
 RECORD_EDGES_LIMIT = 2_000_000
 
 
@@ -121,9 +131,9 @@ class ParticleModel(mesa.Model):
 
     `run_dir` given: the model writes `run.h5` and checkpoints there; `resume=True` continues from its checkpoint.
     `graph=None`: the particle graph is built (`_build_graph`) when first needed: by the record's topology, by
-    population events, by the agents. `agents=True`: `model.agents` and `model.grid` give Mesa agents on a Mesa
-    Network over the graph, built when first asked for (no run reads them); `agents=False` has no agents and builds the
-    graph only for events (for banks of millions of particles: an organism's particle graph is a line graph), so that
+    population events, by the agents (an organism computes its record edges and its neighbours from its layer sizes
+    instead). `agents=True`: `model.agents` and `model.grid` give Mesa agents on a Mesa Network over the graph, built
+    when first asked for (no run reads them); `agents=False` has no agents and builds the graph only for events, so that
     otherwise every particle is without neighbours. `datacollector` collects `REPORTERS` at every log step.
     """
 
@@ -267,8 +277,7 @@ class ParticleModel(mesa.Model):
         """`n_sr` SGD steps on `alpha * sum_p SR-loss(p)`; returns the mean SR loss before them."""
         train = self.config.train
         if not self.sr_active or train.n_sr == 0:
-            with torch.no_grad():
-                return sr_loss(self.weights.detach(), self.spec).mean()
+            return mean_sr_loss(self.weights, self.spec)
         buffer = self.task_momentum if train.sr_optimizer == "shared" else self.sr_momentum
         if train.sr_optimizer == "fresh":
             buffer.zero_()  # the reference re-creates its SR optimiser every batch
@@ -296,7 +305,8 @@ class ParticleModel(mesa.Model):
         if not self.sr_active:
             self._update_gate(step, metric.detach())
         events = self._events()
-        self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
+        if events.numel():
+            self.event_counts += torch.bincount(events[:, 0], minlength=len(EVENT_NAMES))
         if self.record is not None:
             self.record.add_step(step, task_loss.detach(), mean_sr, metric.detach(), sr_active,
                                  time.perf_counter() - started)  # fmt: skip
@@ -519,17 +529,21 @@ class OrganismModel(ParticleModel):
             output = self.organism.forward(weights, self.task.test_x)
         return float(self.task.metric(output, self.task.test_y))
 
+    def _neighbours(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # the CSR straight from the layer sizes: the same arrays as the networkx graph's, without building it
+        if self._csr is None:
+            edges = particle_edges(self.sizes, self.config.events.neighbourhood)
+            self._csr = edges_csr(edges, self.n_particles, self.device)
+        return self._csr
+
     def _topology(self) -> dict[str, np.ndarray]:
         table = particle_table(self.sizes)
-        edges = particle_graph_size(self.sizes, self.config.events.neighbourhood)
-        if self._graph is None and edges > RECORD_EDGES_LIMIT:
-            # nothing needs the graph yet (no events, no agents asked for): the record leaves its edges out rather
-            # than build a line graph of this size
-            return {"layer": table.layer, "source": table.source, "target": table.target,
-                    "edges": np.zeros((0, 2), dtype=np.int64)}  # fmt: skip
-        topology = super()._topology()
-        topology.update(layer=table.layer, source=table.source, target=table.target)
-        return topology
+        neighbourhood = self.config.events.neighbourhood
+        if particle_graph_size(self.sizes, neighbourhood) > RECORD_EDGES_LIMIT:
+            edges = np.zeros((0, 2), dtype=np.int64)  # the record leaves out a line graph of this size
+        else:
+            edges = particle_edges(self.sizes, neighbourhood)
+        return {"layer": table.layer, "source": table.source, "target": table.target, "edges": edges}
 
     def _extra_attrs(self) -> dict[str, Any]:
         return {"task": self.task.name, "metric_name": self.task.metric_name,

@@ -210,6 +210,17 @@ def sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
 
 
 @torch.no_grad()
+def mean_sr_loss(weights: torch.Tensor, spec: ParticleSpec) -> torch.Tensor:
+    """The bank's mean SR loss, a 0-d tensor: for a linear CPU bank from the compiled kernel, the same bits `sr_train_`
+    reports before its first step; otherwise `sr_loss(weights, spec).mean()`."""
+    weights = weights.detach()
+    if not uses_kernels(weights, spec):
+        return sr_loss(weights, spec).mean()
+    mean = kernels.mean_sr_loss(weights.numpy(), spec.weight_interface, spec.hidden)
+    return torch.as_tensor(mean, dtype=weights.dtype)
+
+
+@torch.no_grad()
 def sr_train_(
     weights: torch.Tensor,
     momentum_buffer: torch.Tensor,
@@ -231,17 +242,17 @@ def sr_train_(
     if not spec.linear:
         return _sr_train_autograd_(weights, momentum_buffer, spec, n_steps, lr, momentum, alpha)
     if n_steps == 0:
-        return sr_loss(weights, spec).mean()
+        return mean_sr_loss(weights, spec)
     P = weights.shape[0]
-    pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
     cpu = weights.device.type == "cpu"
     scale = 2.0 * alpha / spec.n_weights
     if cpu and CPU_ARRAYS == "numba":
         first = kernels.sr_steps_(
-            weights.detach().numpy(), momentum_buffer.numpy(), spec.weight_interface, spec.hidden, pos.numpy(),
-            n_steps, lr, momentum, scale,
+            weights.detach().numpy(), momentum_buffer.numpy(), spec.weight_interface, spec.hidden, n_steps, lr,
+            momentum, scale,
         )  # fmt: skip
         return torch.as_tensor(first, dtype=weights.dtype)
+    pos = positions(spec, weights.device, weights.dtype).T.contiguous()  # [3, n]
     gram = pos @ pos.T  # [3, 3]
     chunk = SR_CHUNK if cpu else max(P, 1)
     numpy = cpu and CPU_ARRAYS == "numpy"
@@ -429,10 +440,8 @@ def task_sgd_(
 def log_quantities(weights: torch.Tensor, spec: ParticleSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`classify`, `sr_loss` and `effective_weights` of a linear CPU bank in one pass of the compiled kernel: int8,
     float and float `[P]` (the SR loss as the mean squared self-application residual)."""
-    pos = positions(spec, dtype=weights.dtype).T.contiguous()  # [3, n]
-    kind, loss, effective = kernels.log_quantities(
-        weights.detach().numpy(), spec.weight_interface, spec.hidden, pos.numpy(), KIND_EPS
-    )
+    k, h = spec.weight_interface, spec.hidden
+    kind, loss, effective = kernels.log_quantities(weights.detach().numpy(), k, h, KIND_EPS)
     return torch.from_numpy(kind), torch.from_numpy(loss), torch.from_numpy(effective)
 
 

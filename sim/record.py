@@ -365,7 +365,7 @@ def state_digest(state: dict[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # the buffer itself, no copy of a bank
         else:
             h.update(json.dumps(value, sort_keys=True).encode())
         h.update(b"\0")

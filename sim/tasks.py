@@ -143,7 +143,8 @@ class MnistTask(Task):
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.train_y), (batch_size,), generator=generator, device=self.train_y.device)
-        return self.train_x[idx], self.train_y[idx]
+        # index_select copies whole rows: several times faster than indexing with a tensor, the same values
+        return self.train_x.index_select(0, idx), self.train_y.index_select(0, idx)
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, y)

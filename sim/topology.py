@@ -103,6 +103,44 @@ def particle_graph_size(sizes: list[int], neighbourhood: str = "shared_neuron") 
     return pairs
 
 
+def particle_edges(sizes: list[int], neighbourhood: str = "shared_neuron") -> np.ndarray:
+    """The edges of `particle_graph(organism_graph(sizes), neighbourhood)` as particle-id pairs `[E, 2]` (int64, the
+    smaller id first, sorted), computed from the layer sizes without building a graph (milliseconds, where the
+    networkx line graph of the MNIST organism takes a third of a second)."""
+    if neighbourhood not in NEIGHBOURHOODS:
+        raise ValueError(f"events.neighbourhood must be one of {NEIGHBOURHOODS} for organisms, got {neighbourhood!r}")
+    offsets = [0, *itertools.accumulate(a * b for a, b in itertools.pairwise(sizes))]
+    groups = []  # [n_groups, group_size] particle ids: every pair inside a row is an edge
+    if neighbourhood == "same_layer":
+        groups = [np.arange(offsets[layer], offsets[layer + 1])[None, :] for layer in range(len(sizes) - 1)]
+    for layer, width in enumerate(sizes if neighbourhood != "same_layer" else []):
+        neuron = np.arange(width)[:, None]
+        members = []
+        if layer > 0:  # particle (target o, source i) of layer l - 1 has id offsets[l - 1] + o * n_in + i
+            n_in = sizes[layer - 1]
+            members.append(offsets[layer - 1] + neuron * n_in + np.arange(n_in)[None, :])  # [width, n_in]
+        if layer + 1 < len(sizes) and neighbourhood == "shared_neuron":
+            members.append(offsets[layer] + np.arange(sizes[layer + 1])[None, :] * width + neuron)  # [width, n_out]
+        if members:
+            groups.append(np.concatenate(members, axis=1))
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    for members in groups:
+        first, second = np.triu_indices(members.shape[1], 1)
+        pairs.append(np.stack([members[:, first].ravel(), members[:, second].ravel()], axis=1))
+    edges = np.sort(np.concatenate(pairs).astype(np.int64), axis=1)
+    return edges[np.lexsort((edges[:, 1], edges[:, 0]))]
+
+
+def edges_csr(edges: np.ndarray, n_nodes: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR adjacency `(indptr [P + 1], indices [2E])` of undirected `edges [E, 2]`, each row's neighbours in
+    increasing order: the same arrays as `neighbour_csr` of the graph with these edges."""
+    both = np.concatenate([edges, edges[:, ::-1]]).astype(np.int64)  # [2E, 2]
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    indptr = np.zeros(n_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(both[:, 0], minlength=n_nodes), out=indptr[1:])
+    return torch.as_tensor(indptr, device=device), torch.as_tensor(both[:, 1].copy(), device=device)
+
+
 def soup_graph(size: int, degree: int, seed: int, kind: str = "regular") -> nx.Graph:
     """The soup's neighbourhood over `size` free particles: a random `degree`-regular graph (`regular`), or the
     complete graph (`complete`: any particle meets any other; `degree` is unused)."""

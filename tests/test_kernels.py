@@ -18,6 +18,7 @@ from sim.particles import (
     init_weights,
     kernel_effective_weights,
     log_quantities,
+    mean_sr_loss,
     sr_loss,
     sr_train_,
     task_sgd_,
@@ -48,6 +49,19 @@ def test_sr_kernel_matches_the_numpy_reference(k, h, dtype, monkeypatch):
     assert not torch.equal(fused, start)
 
 
+@pytest.mark.parametrize(("k", "h"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_sr_loss_is_what_the_sr_steps_report_first(k, h, dtype):
+    """Without training (the gate closed) the kernel reports the SR loss the SR steps would report, to the bit."""
+    spec = ParticleSpec(k, h)
+    start = bank(70, spec, dtype, seed=k + 2 * h)
+    mean = mean_sr_loss(start, spec)
+    first = sr_train_(start.clone(), torch.zeros_like(start), spec, 3, lr=0.05, momentum=0.9)
+    assert mean.dtype == first.dtype == dtype and mean.item() == first.item()
+    tol = {"rtol": 1e-10, "atol": 0} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 0}
+    torch.testing.assert_close(mean, sr_loss(start, spec).mean(), **tol)
+
+
 def test_sr_kernel_is_bit_for_bit_the_same_at_any_thread_count():
     spec = ParticleSpec(5, 5)
     start = bank(1000, spec, torch.float32, seed=1)
@@ -62,6 +76,25 @@ def test_sr_kernel_is_bit_for_bit_the_same_at_any_thread_count():
         kernels.set_threads(1)
     (w1, b1, f1), (w2, b2, f2) = results
     assert torch.equal(w1, w2) and torch.equal(b1, b2) and torch.equal(f1, f2)
+
+
+def test_task_update_and_log_are_bit_for_bit_the_same_at_any_thread_count():
+    """One thread runs the serial kernels, two the parallel ones: the same body, the same bits."""
+    spec = ParticleSpec(5, 5)
+    start = bank(1000, spec, torch.float32, seed=5)
+    upstream = torch.randn(1000, generator=torch.Generator().manual_seed(6))  # [P]
+    results = []
+    try:
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            weights, buffer = start.clone(), torch.full_like(start, 0.01)
+            for _ in range(3):
+                task_sgd_(weights, buffer, upstream, spec, lr=0.004, momentum=0.9)
+            results.append((weights, buffer, *log_quantities(weights, spec)))
+    finally:
+        kernels.set_threads(1)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    assert not torch.equal(results[0][0], start)
 
 
 @pytest.mark.parametrize(("k", "h"), SHAPES)
@@ -121,6 +154,34 @@ def test_log_quantities_match_classify_sr_loss_and_effective_weights(dtype):
     torch.testing.assert_close(loss[finite], sr_loss(weights, spec)[finite], **tol)
     torch.testing.assert_close(effective[finite], effective_weights(weights, spec)[finite], **tol)
     assert not torch.isfinite(loss[~finite]).any()
+
+
+@pytest.mark.parametrize(("k", "h"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_log_quantities_are_the_kernels_bit_for_bit(k, h, dtype):
+    """The NumPy form of the log kernel (a small bank's first log, before numba loads) gives the same bits."""
+    spec = ParticleSpec(k, h)
+    weights = torch.cat([mixed_bank(spec), bank(100, spec, torch.float64, seed=k * h)]).to(dtype).numpy()
+    kernels._shape_kernels(k, h)  # loaded: the public functions take the kernels
+    eps = particles.KIND_EPS
+    expected = (*kernels.log_quantities(weights, k, h, eps), kernels.effective_weights(weights, k, h))
+    found = (*kernels.log_quantities_numpy(weights, k, h, eps), kernels.effective_weights_numpy(weights, k, h))
+    for got, want in zip(found, expected, strict=True):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert set(found[0][:5].tolist()) == {SELF_REPLICATOR, SELF_REPLICATOR_2ND, ZERO, DIVERGENT}
+
+
+def test_a_small_bank_logs_without_loading_its_kernels(monkeypatch):
+    """The kernels of a shape load on its first training step; a log before that runs in NumPy."""
+    monkeypatch.setattr(kernels, "_loaded", {})
+    spec = ParticleSpec(5, 3)
+    weights = bank(18, spec, torch.float32, seed=7)
+    kind, loss, effective = log_quantities(weights, spec)
+    assert kernels._loaded == {}
+    torch.testing.assert_close(effective, kernel_effective_weights(weights, spec), rtol=0, atol=0)
+    sr_train_(weights.clone(), torch.zeros_like(weights), spec, 1, lr=0.004, momentum=0.9)
+    assert list(kernels._loaded) == [(5, 3)]
+    assert [t.tolist() for t in log_quantities(weights, spec)] == [kind.tolist(), loss.tolist(), effective.tolist()]
 
 
 def test_generated_sr_source_leaves_out_the_zero_positions():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,9 +14,11 @@ from hypothesis import strategies as st
 from sim.organism import Organism
 from sim.particles import ParticleSpec
 from sim.topology import (
+    edges_csr,
     layer_sizes,
     neighbour_csr,
     organism_graph,
+    particle_edges,
     particle_graph,
     particle_graph_size,
     particle_table,
@@ -164,3 +167,16 @@ def test_complete_soup_graph_links_every_pair():
 def test_particle_graph_size_counts_the_edges_without_building_the_graph(sizes, neighbourhood):
     graph = particle_graph(organism_graph(sizes), neighbourhood)
     assert particle_graph_size(sizes, neighbourhood) == graph.number_of_edges()
+
+
+@pytest.mark.parametrize("neighbourhood", ["shared_neuron", "same_target", "same_layer"])
+@pytest.mark.parametrize("sizes", [[2, 3, 3, 1], [6, 4, 5, 3], [3, 1], MNIST])
+def test_particle_edges_and_their_csr_are_the_graphs(sizes, neighbourhood):
+    """The edges and the CSR computed from the layer sizes are the networkx graph's, the CSR array for array (so
+    the events draw the same neighbours)."""
+    graph = particle_graph(organism_graph(sizes), neighbourhood)
+    edges = particle_edges(sizes, neighbourhood)
+    assert edges.dtype == np.int64 and edges.shape == (graph.number_of_edges(), 2)
+    assert (edges[:, 0] < edges[:, 1]).all() and {frozenset(e) for e in edges.tolist()} == edge_set(graph)
+    for mine, theirs in zip(edges_csr(edges, graph.number_of_nodes()), neighbour_csr(graph), strict=True):
+        assert torch.equal(mine, theirs)
