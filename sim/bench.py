@@ -407,9 +407,21 @@ def bench_full_step(
         "steps_per_s": 1.0 / step_s,
         "particle_updates_per_s": model.n_particles * updates / step_s,
         "phase_share": shares,
-        "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_host_mib": peak_host_mib(),
         "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }
+
+
+def peak_host_mib() -> float:
+    """This process's peak resident memory in MiB. Linux keeps `ru_maxrss` across exec, so a spawned child would report
+    its parent's peak: read the child's own high-water mark (`VmHWM`) where /proc has it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _full_step_child(queue, overrides, device, steps, warmup, agents, threads) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,3 +119,13 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
 def test_cuda_without_a_gpu_is_a_usage_error(capsys):
     assert bench.main(["--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # starts a Python process
+def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():
+    """Linux carries `ru_maxrss` across exec: a child started after the parent grew must still report its own peak."""
+    held = torch.ones(200 * 2**20, dtype=torch.float32)  # 800 MiB resident in this process
+    code = "from sim.bench import peak_host_mib; print(peak_host_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child < 700 < bench.peak_host_mib()
+    del held
