@@ -113,16 +113,17 @@ def particle_edges(sizes: list[int], neighbourhood: str = "shared_neuron") -> np
     groups = []  # [n_groups, group_size] particle ids: every pair inside a row is an edge
     if neighbourhood == "same_layer":
         groups = [np.arange(offsets[layer], offsets[layer + 1])[None, :] for layer in range(len(sizes) - 1)]
-    for layer, width in enumerate(sizes if neighbourhood != "same_layer" else []):
-        neuron = np.arange(width)[:, None]
-        members = []
-        if layer > 0:  # particle (target o, source i) of layer l - 1 has id offsets[l - 1] + o * n_in + i
-            n_in = sizes[layer - 1]
-            members.append(offsets[layer - 1] + neuron * n_in + np.arange(n_in)[None, :])  # [width, n_in]
-        if layer + 1 < len(sizes) and neighbourhood == "shared_neuron":
-            members.append(offsets[layer] + np.arange(sizes[layer + 1])[None, :] * width + neuron)  # [width, n_out]
-        if members:
-            groups.append(np.concatenate(members, axis=1))
+    else:  # one group per neuron: the particles into it, and (shared_neuron) those out of it
+        for layer, width in enumerate(sizes):
+            neuron = np.arange(width)[:, None]
+            members = []
+            if layer > 0:  # particle (target o, source i) of layer l - 1 has id offsets[l - 1] + o * n_in + i
+                n_in = sizes[layer - 1]
+                members.append(offsets[layer - 1] + neuron * n_in + np.arange(n_in)[None, :])  # [width, n_in]
+            if layer + 1 < len(sizes) and neighbourhood == "shared_neuron":
+                members.append(offsets[layer] + np.arange(sizes[layer + 1])[None, :] * width + neuron)  # [width, n_out]
+            if members:
+                groups.append(np.concatenate(members, axis=1))
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     for members in groups:
         first, second = np.triu_indices(members.shape[1], 1)
