@@ -183,21 +183,26 @@ def test_bad_idx_directory_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_run(tmp_path):
+    # The kill point is counted in checkpoints, not seconds: a fast machine finished a 1,500-step run inside a fixed
+    # delay, so the moment is "soon after the checkpoint at step `target`", which is far from the run's end.
     seed = int(os.environ.get("SIGKILL_SEED", random.randrange(10**6)))
-    delay = random.Random(seed).uniform(0.2, 1.0)
-    print(f"SIGKILL {delay:.3f} s after the first checkpoint (SIGKILL_SEED={seed} replays it)")
-    args = ["--task", "arithmetic", "--steps", "1500", "--seed", "7", "--quiet",
+    rng = random.Random(seed)
+    target, delay = 100 * rng.randint(1, 10), rng.uniform(0.0, 0.05)
+    print(f"SIGKILL {delay:.3f} s after the checkpoint at step {target} (SIGKILL_SEED={seed} replays it)")
+    args = ["--task", "arithmetic", "--steps", "3000", "--seed", "7", "--quiet",
             "--set", "record.log_every=5", "--set", "record.snapshot_every=100"]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, "--out", str(killed)], cwd=ROOT)
     deadline = time.time() + 120
 
-    def trained_checkpoint() -> bool:  # the step-0 checkpoint comes before any training: wait for the next one
-        return (killed / "checkpoint.pt").exists() and load_checkpoint(killed / "checkpoint.pt")["step"] > 0
+    def checkpoint_step() -> int:
+        path = killed / "checkpoint.pt"
+        return load_checkpoint(path)["step"] if path.exists() else -1
 
-    while not trained_checkpoint() and time.time() < deadline:
-        time.sleep(0.05)
+    while checkpoint_step() < target and time.time() < deadline:
+        time.sleep(0.01)
     time.sleep(delay)
+    assert proc.poll() is None, "the run ended before the kill"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -214,7 +219,7 @@ def test_sigkill_leaves_a_readable_record_and_resume_matches_an_uninterrupted_ru
     full = tmp_path / "full"
     assert main([*args, "--out", str(full)]) == 0
     resumed_state, full_state = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(full / "checkpoint.pt")
-    assert resumed_state["step"] == full_state["step"] == 1500
+    assert resumed_state["step"] == full_state["step"] == 3000
     assert torch.equal(resumed_state["weights"], full_state["weights"])
     with open_record(killed) as a, open_record(full) as b:
         for group in ("steps", "particles", "snapshots"):
