@@ -11,7 +11,10 @@ split, every reported number is measured on the test split. Writes `study.md`, `
   `at_sr_sparsity.<organism model>.<method>` (every method at that organism's mean natural sparsity),
   `max_compression_within_1pt.<method>`, `census` (where the self-replicators sit), `training` (gate step, kind
   census change over the last 20% of the steps), and with `--finetune K` the same under `finetuned`;
-- `split {train, validation, test}`, `selection_split` (`validation`), `reported_split` (`test`).
+- `split {train, validation, test}`, `selection_split` (`validation`), `reported_split` (`test`);
+- `diverged`: the runs left out because they diverged (a task loss that is not finite, or weights that are not):
+  `{model, run, seed, step}` each, `step` the first recorded step with a non-finite task loss (None: only the final
+  weights are). A model whose every run diverged is left out; the study needs an organism and a dense control.
 
 Means are over seeds (random pruning: each seed's mean over `--draws` draws first); lo/hi the 95% t-interval of the
 mean. "Within 1 point": accuracy at least the model's full accuracy minus 0.01.
@@ -194,6 +197,16 @@ class ModelStudy(Numbers):
 
 
 @dataclass(frozen=True)
+class DivergedRun(Numbers):
+    """A run the study leaves out: its training diverged, so its weights are no model to prune."""
+
+    model: str
+    run: str  # run directory
+    seed: int
+    step: int | None  # the first recorded step whose task loss is not finite (None: only the final weights are not)
+
+
+@dataclass(frozen=True)
 class StudyResult(Result):
     """The pruning study of one sweep directory."""
 
@@ -207,6 +220,7 @@ class StudyResult(Result):
     selection_split: str  # every choice: validation
     reported_split: str  # every reported number: test
     sr_sparsity: dict[str, float]  # organism model -> its mean natural sparsity
+    diverged: list[DivergedRun]  # left out of every number
 
 
 def interval(values: list[float]) -> Interval:
@@ -249,14 +263,29 @@ def sweep_models(sweep_dir: Path) -> dict[str, list[Path]]:
     for point, p in points.items():
         name = p["name"] if names.count(p["name"]) == 1 else f"{p['name']}@{point}"
         models[name] = [run_dir for _, run_dir in sorted(p["runs"])]
-    modes = {"dense" if name.startswith("dense") else "organism" for name in models}
-    for needed, what in (("organism", "an organism model"), ("dense", "a dense control (mode: dense)")):
-        if needed not in modes:
-            raise AnalysisError(f"{str(sweep_dir)!r} holds no finished run of {what}: the study compares both")
+    require_both(models, sweep_dir, "finished run")
     return models
 
 
+def require_both(models: dict[str, Any], sweep_dir: Path, what: str) -> None:
+    """AnalysisError unless `models` (name -> runs) holds an organism model and a dense control."""
+    modes = {"dense" if name.startswith("dense") else "organism" for name in models}
+    for needed, model in (("organism", "an organism model"), ("dense", "a dense control (mode: dense)")):
+        if needed not in modes:
+            raise AnalysisError(f"{str(sweep_dir)!r} holds no {what} of {model}: the study compares both")
+
+
 # --- one trained model ------------------------------------------------------------------------------------------------
+
+
+def divergence(trained: Trained) -> tuple[bool, int | None]:
+    """Whether the run diverged (a recorded task loss or a final weight that is not finite), and the first step whose
+    task loss is not finite (None when only the final weights are)."""
+    steps = trained.run.steps
+    bad = np.flatnonzero(~np.isfinite(steps["task_loss"]))
+    if len(bad):
+        return True, int(steps["step"][bad[0]])
+    return not bool(torch.isfinite(trained.connection_weights()).all()), None
 
 
 def _metric(trained: Trained, pruner: Pruner, method: str, sparsity: float, draws: int,
@@ -419,8 +448,17 @@ def aggregate(name: str, trained: list[Trained], runs: list[dict[str, Any]]) -> 
 
 def run_study(sweep_dir: Path, draws: int, finetune_steps: int, methods: tuple[str, ...] = METHODS) -> StudyResult:
     """Every model of the sweep, pruned and measured (without the figures)."""
-    models = sweep_models(sweep_dir)
-    trained = {name: [Trained.from_run(load_run(d)) for d in dirs] for name, dirs in models.items()}
+    trained: dict[str, list[Trained]] = {}
+    diverged: list[DivergedRun] = []
+    for name, dirs in sweep_models(sweep_dir).items():
+        for run_dir in dirs:
+            t = Trained.from_run(load_run(run_dir))
+            failed, step = divergence(t)
+            if failed:
+                diverged.append(DivergedRun(name, str(run_dir), t.run.config.seed, step))
+            else:
+                trained.setdefault(name, []).append(t)
+    require_both(trained, sweep_dir, "run that did not diverge")
     for name, group in trained.items():
         if group[0].task.metric_name != "accuracy":
             raise AnalysisError(f"model {name!r} is on the {group[0].task.name} task: the study measures accuracy")
@@ -438,7 +476,7 @@ def run_study(sweep_dir: Path, draws: int, finetune_steps: int, methods: tuple[s
     }
     split = trained[next(iter(trained))][0].task.split_sizes()
     return StudyResult(str(sweep_dir), list(COMPRESSIONS), list(methods), draws, finetune_steps, models, split,
-                       "validation", "test", sparsities)  # fmt: skip
+                       "validation", "test", sparsities, diverged)  # fmt: skip
 
 
 # --- figures ----------------------------------------------------------------------------------------------------------
@@ -570,6 +608,10 @@ def study_markdown(doc: StudyResult, out: Path) -> str:
         f"every number below on test. Random pruning: {doc.draws} draws per seed. Mean [95% CI] over seeds.",
         "",
     ]
+    if doc.diverged:
+        left = "; ".join(f"{d.model} seed {d.seed} ({'final weights' if d.step is None else f'step {d.step}'})"
+                         for d in doc.diverged)  # fmt: skip
+        lines += [f"**Diverged, left out of every number** (task loss or weights not finite from): {left}.", ""]
     lines += [f"![{p.stem}]({p.relative_to(out)})" for p in doc.figures] + [""]
     for finetuned, title in ((False, "without fine-tuning"), (True, f"after {doc.finetune_steps} fine-tuning steps")):
         if finetuned and not doc.finetune_steps:
@@ -632,7 +674,8 @@ def action(args: argparse.Namespace) -> list[str]:
     doc = doc.with_figures(figures)
     write_json(out / "study.json", doc.to_json())
     (out / "study.md").write_text(study_markdown(doc, out))
-    lines = [f"study: {out / 'study.md'}", *[f"figure: {p}" for p in figures], f"numbers: {out / 'study.json'}"]
+    lines = [f"diverged, left out: {d.model} seed {d.seed} ({d.run})" for d in doc.diverged]
+    lines += [f"study: {out / 'study.md'}", *[f"figure: {p}" for p in figures], f"numbers: {out / 'study.json'}"]
     if args.json:
         write_json(Path(args.json), doc.to_json())
         lines.append(f"numbers: {args.json}")

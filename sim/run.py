@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return error_exit("sim.run", exc)
     set_threads(config.threads or default_threads(model.n_particles))
     try:
+        first = model.steps  # a resumed run starts past 0: the summary's rate counts this session's steps only
         with StopOnSignal() as stop:
             elapsed = simulate(model, args.quiet, stop)
             if stop.signum:
@@ -267,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sim.run: error: {exc}; the rows written before it and the last checkpoint are kept", file=sys.stderr)
         return WRITE_FAILED
     claim.release()
-    done = model.steps
+    done = model.steps - first
     summary = model.summary
-    print(f"{done} steps in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
+    span = f" (steps {first + 1}-{model.steps} of a resumed run)" if first and done else ""
+    print(f"{done} steps{span} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.0f} steps/s) on {model.device}")
     if summary:
         if model.mode in ("organism", "dense"):
             print(f"held-out {model.task.metric_name}: {summary['held_out_metric']:.4g}")

@@ -2,6 +2,7 @@
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -284,4 +285,57 @@ def test_bad_input_is_one_line_exit_2(sweep, tmp_path, capsys):
         assert main([*argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def first_nonfinite_step(run_dir):
+    with h5py.File(run_dir / "run.h5", "r") as f:
+        loss, steps = f["steps/task_loss"][:], f["steps/step"][:]
+    return int(steps[np.flatnonzero(~np.isfinite(loss))[0]])
+
+
+def test_diverged_runs_are_left_out_of_every_number_and_named(sweep, tmp_path, capsys):
+    """Organism seed 2 and both no-SR seeds trained at lr 1000 (their task loss turns NaN): the organism's numbers
+    are its two good seeds', the no-SR model is gone, and study.md names every left-out run."""
+    mixed = tmp_path / "mixed"
+    for point in ("mode=organism", "mode=dense"):
+        for seed in SEEDS:
+            (mixed / point).mkdir(parents=True, exist_ok=True)
+            (mixed / point / f"s{seed}").symlink_to(sweep / point / f"s{seed}")
+    runs = [(p, s) for p in ("mode=organism", "mode=dense") for s in SEEDS]
+    bad = [("mode=organism", 2, POINTS["mode=organism"]), *[("train.n_sr=0", s, POINTS["train.n_sr=0"]) for s in SEEDS]]
+    for point, seed, overrides in bad:
+        train(mixed / point / f"s{seed}", [*BASE, *overrides, ("seed", seed), ("train.lr", 1000.0)])
+        runs.append((point, seed))
+    write_index(mixed, runs)
+    out = tmp_path / "out"
+    assert main([str(mixed), "--methods", "magnitude,l1", "--out", str(out)]) == 0
+    doc = json.loads((out / "study.json").read_text())
+
+    expected = [("organism", 2), ("organism_no_sr", 0), ("organism_no_sr", 1)]
+    assert sorted((d["model"], d["seed"]) for d in doc["diverged"]) == expected
+    for d in doc["diverged"]:
+        point = "mode=organism" if d["model"] == "organism" else "train.n_sr=0"
+        assert d["step"] == first_nonfinite_step(mixed / point / f"s{d['seed']}")
+    assert set(doc["models"]) == {"organism", "dense"}
+    organism = doc["models"]["organism"]
+    assert organism["seeds"] == list(SEEDS) and organism["full"]["n"] == len(SEEDS)
+    good = [Trained.from_run(load_run(mixed / "mode=organism" / f"s{s}")).evaluate() for s in SEEDS]
+    assert organism["full"]["mean"] == pytest.approx(np.mean(good), abs=1e-12)
+    text = (out / "study.md").read_text()
+    assert "Diverged, left out of every number" in text
+    assert all(f"{model} seed {seed} (step " in text for model, seed in expected)
+    assert capsys.readouterr().out.count("diverged, left out:") == 3
+
+
+def test_a_study_whose_every_dense_run_diverged_is_refused(sweep, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "mode=organism").mkdir(parents=True)
+    for seed in SEEDS:
+        (broken / "mode=organism" / f"s{seed}").symlink_to(sweep / "mode=organism" / f"s{seed}")
+    train(broken / "mode=dense" / "s0", [*BASE, ("mode", "dense"), ("seed", 0), ("train.lr", 1e6)])
+    write_index(broken, [*[("mode=organism", s) for s in SEEDS], ("mode=dense", 0)])
+    assert main([str(broken), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run that did not diverge of a dense control" in err[0], err
     assert not (tmp_path / "out").exists()

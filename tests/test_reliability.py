@@ -595,7 +595,9 @@ def test_resume_with_more_steps_extends_a_finished_run_bit_identically(tmp_path,
     assert main([*args, "--steps", "20", "--out", str(extended)]) == 0
     with open_record(extended) as f:  # the extras of its last step, which a 40-step run does not have
         assert read_group(f, "particles")["step"][-1] == 20 and read_group(f, "snapshots")["step"][-1] == 20
+    capsys.readouterr()
     assert main(["--resume", str(extended), "--steps", "40", "--quiet"]) == 0
+    assert "20 steps (steps 21-40 of a resumed run) in" in capsys.readouterr().out  # its rate counts these 20 only
     assert main([*args, "--steps", "40", "--out", str(full)]) == 0
     with open_record(full) as f:
         assert 20 not in read_group(f, "particles")["step"]
