@@ -253,7 +253,10 @@ def _figure(run: Run, counts: np.ndarray, series: dict[str, np.ndarray], path: P
     ax.set_xlabel("step")
     ax.set_ylabel(f"events per step (running mean over {window})")
     ax.set_title("Events by kind")
-    ax.legend(fontsize=8)
+    if fired:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no event fired", transform=ax.transAxes, ha="center", va="center")
 
     ax = axes[0, 1]
     for k, name in enumerate(run.kind_names):
@@ -267,7 +270,8 @@ def _figure(run: Run, counts: np.ndarray, series: dict[str, np.ndarray], path: P
     for i in fired:
         twin.plot(steps, smoothed[i], lw=0.8, alpha=0.7, color=EVENT_COLORS[i % len(EVENT_COLORS)], label=names[i])
     twin.set_ylabel("events per step (thin lines)")
-    twin.legend(fontsize=7, loc="upper right")
+    if fired:
+        twin.legend(fontsize=7, loc="upper right")
 
     ax = axes[0, 2]
     ax.plot(series["steps"], series["largest"], label="largest lineage (all particles)", color="black")
