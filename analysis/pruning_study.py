@@ -263,16 +263,18 @@ def sweep_models(sweep_dir: Path) -> dict[str, list[Path]]:
     for point, p in points.items():
         name = p["name"] if names.count(p["name"]) == 1 else f"{p['name']}@{point}"
         models[name] = [run_dir for _, run_dir in sorted(p["runs"])]
-    require_both(models, sweep_dir, "finished run")
+    require_both(models, sweep_dir)
     return models
 
 
-def require_both(models: dict[str, Any], sweep_dir: Path, what: str) -> None:
+def require_both(models: dict[str, Any], sweep_dir: Path, qualifier: str = "") -> None:
     """AnalysisError unless `models` (name -> runs) holds an organism model and a dense control."""
     modes = {"dense" if name.startswith("dense") else "organism" for name in models}
     for needed, model in (("organism", "an organism model"), ("dense", "a dense control (mode: dense)")):
         if needed not in modes:
-            raise AnalysisError(f"{str(sweep_dir)!r} holds no {what} of {model}: the study compares both")
+            raise AnalysisError(
+                f"{str(sweep_dir)!r} holds no finished run of {model}{qualifier}: the study compares both"
+            )
 
 
 # --- one trained model ------------------------------------------------------------------------------------------------
@@ -458,7 +460,7 @@ def run_study(sweep_dir: Path, draws: int, finetune_steps: int, methods: tuple[s
                 diverged.append(DivergedRun(name, str(run_dir), t.run.config.seed, step))
             else:
                 trained.setdefault(name, []).append(t)
-    require_both(trained, sweep_dir, "run that did not diverge")
+    require_both(trained, sweep_dir, " that did not diverge")
     for name, group in trained.items():
         if group[0].task.metric_name != "accuracy":
             raise AnalysisError(f"model {name!r} is on the {group[0].task.name} task: the study measures accuracy")
@@ -611,7 +613,7 @@ def study_markdown(doc: StudyResult, out: Path) -> str:
     if doc.diverged:
         left = "; ".join(f"{d.model} seed {d.seed} ({'final weights' if d.step is None else f'step {d.step}'})"
                          for d in doc.diverged)  # fmt: skip
-        lines += [f"**Diverged, left out of every number** (task loss or weights not finite from): {left}.", ""]
+        lines += [f"**Diverged, left out of every number** (first step with a non-finite task loss): {left}.", ""]
     lines += [f"![{p.stem}]({p.relative_to(out)})" for p in doc.figures] + [""]
     for finetuned, title in ((False, "without fine-tuning"), (True, f"after {doc.finetune_steps} fine-tuning steps")):
         if finetuned and not doc.finetune_steps:

@@ -337,5 +337,5 @@ def test_a_study_whose_every_dense_run_diverged_is_refused(sweep, tmp_path, caps
     write_index(broken, [*[("mode=organism", s) for s in SEEDS], ("mode=dense", 0)])
     assert main([str(broken), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no run that did not diverge of a dense control" in err[0], err
+    assert len(err) == 1 and "no finished run of a dense control (mode: dense) that did not diverge" in err[0], err
     assert not (tmp_path / "out").exists()
