@@ -555,7 +555,9 @@ def answers(doc: StudyResult) -> list[str]:
     lines.append(f"1. **Does self-replication cost accuracy?** Full-size test accuracy (mean [95% CI] over seeds): "
                  f"{fulls}.")  # fmt: skip
     if org and "organism_no_sr" in models:
-        diff = interval([a - b for a, b in zip(models[org].full_values, models["organism_no_sr"].full_values)])
+        no_sr = models["organism_no_sr"]
+        by_seed = dict(zip(no_sr.seeds, no_sr.full_values))  # a diverged seed is missing from one model or both
+        diff = interval([a - by_seed[s] for s, a in zip(models[org].seeds, models[org].full_values) if s in by_seed])
         lines.append(f"   Organism minus no-SR organism, paired by seed: {_ci(diff)}.")
     if org:
         m = models[org]
