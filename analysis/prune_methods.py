@@ -241,13 +241,12 @@ def finetune(trained: Trained, keep: torch.Tensor, steps: int) -> torch.Tensor:
     config.device = "cpu"
     model = DenseModel(config) if run.is_dense else OrganismModel(config, agents=False)
     model.load_state(checkpoint)
-    pruned = ~keep.to(model.device)
+    pruned = torch.nonzero(~keep).squeeze(1).to(model.device)  # [n_pruned]: index_fill_ beats a mask ~2x
 
     def clear() -> None:
         with torch.no_grad():
-            model.weights[pruned] = 0.0
-            model.task_momentum[pruned] = 0.0
-            model.sr_momentum[pruned] = 0.0
+            for bank in (model.weights, model.task_momentum, model.sr_momentum):
+                bank.index_fill_(0, pruned, 0.0)
 
     clear()
     for _ in range(steps):
