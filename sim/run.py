@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             exc = RecordWriteError(f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else str(exc))
         return error_exit("sim.run", exc)
     set_threads(config.threads or default_threads(model.n_particles))
+    first = model.steps  # a resumed run starts past 0: the summary's rate counts this session's steps only
     try:
-        first = model.steps  # a resumed run starts past 0: the summary's rate counts this session's steps only
         with StopOnSignal() as stop:
             elapsed = simulate(model, args.quiet, stop)
             if stop.signum:
